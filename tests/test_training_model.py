@@ -1,0 +1,121 @@
+"""Model shapes, losses against hand-computed values, and the known traps of public implementations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from training.model import DBVAE, FaceCNN, ModelConfig, cnn_loss, dbvae_loss, kl_loss, reconstruction_loss
+
+
+@pytest.fixture(scope="module")
+def dbvae():
+    torch.manual_seed(0)
+    return DBVAE(ModelConfig(latent_dim=8))
+
+
+def test_shapes_of_every_model(dbvae):
+    x = torch.rand(5, 3, 64, 64)
+    assert FaceCNN().eval()(x).shape == (5,)
+    logit, mu, logvar = dbvae.eval().encode(x)
+    assert logit.shape == (5,) and mu.shape == (5, 8) and logvar.shape == (5, 8)
+    with torch.no_grad():
+        out = dbvae.decode(torch.randn(5, 8))
+    assert out.shape == (5, 3, 64, 64)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert [t.shape for t in dbvae(x)][-1] == (5, 3, 64, 64)
+
+
+def test_architecture_matches_the_lab():
+    cnn = FaceCNN()
+    convs = [m for m in cnn.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [12, 24, 48, 72]
+    assert [c.kernel_size[0] for c in convs] == [5, 5, 3, 3]
+    assert all(c.stride == (2, 2) for c in convs)
+    dense = [m for m in cnn.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(d.in_features, d.out_features) for d in dense] == [(72 * 4 * 4, 512), (512, 1)]
+    head = [m for m in DBVAE().encoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert head.out_features == 1 + 2 * 100
+
+
+def test_bad_model_config_is_refused():
+    with pytest.raises(ValueError, match="same length"):
+        ModelConfig(filters=(12, 24), kernels=(5,))
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(image_size=60)
+
+
+def test_kl_matches_hand_computed_value():
+    mu = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    logvar = torch.tensor([[0.0, math.log(2.0)], [0.0, 0.0]])
+    # sample 0: 0.5 * [(1 + 1 - 1 - 0) + (2 + 0 - 1 - ln 2)] = 0.5 * (2 - ln 2)
+    expected = torch.tensor([0.5 * (2 - math.log(2.0)), 0.0])
+    assert torch.allclose(kl_loss(mu, logvar), expected)
+
+
+def test_reconstruction_is_mean_l1_per_sample():
+    x = torch.zeros(2, 3, 2, 2)
+    x_hat = torch.zeros(2, 3, 2, 2)
+    x_hat[0] = 0.5
+    x_hat[1, 0, 0, 0] = 1.2
+    assert torch.allclose(reconstruction_loss(x, x_hat), torch.tensor([0.5, 1.2 / 12]))
+
+
+def test_total_loss_matches_hand_computation():
+    x = torch.full((2, 3, 2, 2), 0.5)
+    x_hat = torch.full((2, 3, 2, 2), 0.25)
+    logit = torch.tensor([2.0, -1.0])
+    mu = torch.tensor([[1.0], [3.0]])
+    logvar = torch.zeros(2, 1)
+    y = torch.tensor([[1.0], [0.0]])  # [N, 1], as the lab file stores labels
+    out = dbvae_loss(x, y, logit, mu, logvar, x_hat, kl_weight=0.1)
+    bce_face = math.log(1 + math.exp(-2.0))
+    bce_non = math.log(1 + math.exp(-1.0))
+    vae_face = 0.1 * 0.5 * 1.0 + 0.25
+    assert out["loss"].item() == pytest.approx((bce_face + vae_face + bce_non) / 2, rel=1e-6)
+    assert out["kl"].item() == pytest.approx(0.5)  # faces only
+    assert out["recon"].item() == pytest.approx(0.25)
+
+
+def test_trap_a_non_face_has_classification_loss_and_no_vae_loss():
+    """Labels [N,1] against per-sample [N] terms must not broadcast to [N,N]."""
+    x = torch.rand(3, 3, 8, 8)
+    x_hat = torch.rand(3, 3, 8, 8)
+    logit, mu, logvar = torch.tensor([0.3, -0.2, 1.0]), torch.randn(3, 4), torch.randn(3, 4)
+    y = torch.tensor([[1.0], [0.0], [1.0]])
+    per = dbvae_loss(x, y, logit, mu, logvar, x_hat)["per_sample"]
+    assert per.shape == (3,)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y.reshape(-1), reduction="none")
+    vae = 5e-4 * kl_loss(mu, logvar) + reconstruction_loss(x, x_hat)
+    assert per[1].item() == pytest.approx(bce[1].item())  # non-face: classification only
+    assert per[1].item() > 0
+    assert per[0].item() == pytest.approx((bce[0] + vae[0]).item())  # face: both
+    assert per[2].item() == pytest.approx((bce[2] + vae[2]).item())
+
+
+def test_trap_a_decoder_gets_no_gradient_from_non_faces(dbvae):
+    dbvae.train()
+    x = torch.rand(4, 3, 64, 64)
+    losses = dbvae_loss(x, torch.zeros(4, 1), *dbvae(x))  # a batch of non-faces only
+    dbvae.zero_grad()
+    losses["loss"].backward()
+    grads = [p.grad for p in dbvae.decoder_conv.parameters()]
+    assert all(g is None or float(g.abs().max()) == 0.0 for g in grads)
+
+
+def test_trap_b_reparameterisation_uses_half_log_variance():
+    mu = torch.zeros(1, 20_000)
+    logvar = torch.full((1, 20_000), math.log(4.0))  # sigma = 2
+    torch.manual_seed(0)
+    z = DBVAE.reparameterize(mu, logvar)
+    torch.manual_seed(0)
+    eps = torch.randn_like(mu)
+    assert torch.allclose(z, 2.0 * eps)
+    assert float(z.std()) == pytest.approx(2.0, rel=0.03)
+
+
+def test_label_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="do not match"):
+        cnn_loss(torch.zeros(3), torch.zeros(4))
+    assert cnn_loss(torch.tensor([[1.0], [0.0]]), torch.tensor([0.0, 0.0]))["loss"].item() == pytest.approx(np.log(2))

@@ -1,0 +1,172 @@
+"""One short real training run on the built-in data: train both models, export ONNX (parity checked),
+write the manifest, evaluate the exported files on the held-out split. Plus traps (c) and (d)."""
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from training.checkpoint import load_checkpoint
+from training.cli import main as train_main
+from training.config import TrainConfig
+from training.data.image import to_model_input
+from training.data.sources import open_source, stratified_split
+from training.evaluate import main as evaluate_main
+from training.model import DBVAE, ModelConfig
+from training.train import predict, train_model
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache):
+    root = tmp_path_factory.mktemp("run")
+    code = train_main(["--cache-dir", cache, "--builtin-non-faces", "200", "--epochs", "3",
+                       "--steps-per-epoch", "12", "--out-dir", str(root / "models"),
+                       "--checkpoint-dir", str(root / "ckpt"), "--no-progress", "--latent-dim", "16"])
+    assert code == 0
+    return root
+
+
+def test_exports_follow_the_contract(trained):
+    models = trained / "models"
+    manifest = json.loads((models / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["latent_dim"] == 16
+    assert manifest["input"]["channel_order"] == "RGB" and manifest["input"]["size"] == 64
+    assert manifest["data"]["train"] == {"faces": 80, "non_faces": 240}
+    assert manifest["data"]["val"] == {"faces": 20, "non_faces": 60}
+    assert manifest["training"]["epochs"] == 3 and manifest["versions"]["torch"] == torch.__version__
+    for name, meta in manifest["files"].items():
+        data = (models / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == meta["sha256"] and len(data) == meta["bytes"]
+    signatures = {"cnn.onnx": (["image"], ["logit"]),
+                  "dbvae_encoder.onnx": (["image"], ["logit", "mu", "logvar"]),
+                  "dbvae_decoder.onnx": (["z"], ["image"])}
+    for name, (ins, outs) in signatures.items():
+        model = onnx.load(models / name)
+        onnx.checker.check_model(model)
+        assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+        s = ort.InferenceSession(str(models / name), providers=["CPUExecutionProvider"])
+        assert [i.name for i in s.get_inputs()] == ins and [o.name for o in s.get_outputs()] == outs
+        assert isinstance(s.get_inputs()[0].shape[0], str)  # dynamic batch axis
+    for kind in ("cnn", "dbvae"):
+        entry = manifest["models"][kind]
+        assert entry["version"].startswith(kind + "-") and entry["threshold"] == 0.5
+        assert entry["parity_max_abs_error"] < 1e-4
+        val = entry["metrics"]["val"]
+        assert 0 <= val["balanced_accuracy"] <= 1 and val["n"] == 80
+        assert val["roc_auc"] > 0.8  # three short epochs already separate faces from non-faces
+
+
+def test_onnx_graphs_run_at_several_batch_sizes(trained):
+    models = trained / "models"
+    enc = ort.InferenceSession(str(models / "dbvae_encoder.onnx"), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(models / "dbvae_decoder.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((5, 3, 64, 64), dtype=np.float32)
+    logit, mu, logvar = enc.run(None, {"image": x})
+    assert logit.shape == (5,) and mu.shape == (5, 16) and logvar.shape == (5, 16)
+    single = enc.run(None, {"image": x[2:3]})[1]
+    np.testing.assert_allclose(single[0], mu[2], atol=1e-4)
+    img = dec.run(None, {"z": mu})[0]
+    assert img.shape == (5, 3, 64, 64) and img.min() >= 0 and img.max() <= 1
+
+
+def test_checkpoint_holds_state_configs_and_metrics(trained):
+    model, ckpt = load_checkpoint(trained / "ckpt" / "dbvae.pt")
+    assert isinstance(model, DBVAE) and not model.training
+    assert ckpt["epoch"] == 3 and len(ckpt["history"]) == 3
+    assert ckpt["train_config"]["latent_dim"] == 16 and ckpt["model_config"]["latent_dim"] == 16
+    assert 0 <= ckpt["metrics"]["val"]["recall"] <= 1
+    stats = [h["resampling"] for h in ckpt["history"]]
+    assert all(s["max_min_ratio"] >= 1.0 and 0 < s["ess_fraction"] <= 1.0 for s in stats)
+    assert stats[-1]["max_min_ratio"] > 1.5  # the distribution moved away from uniform
+    assert not list((trained / "ckpt").glob("*.tmp"))
+
+
+def test_evaluate_exported_models_on_the_held_out_split(trained, cache, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code = evaluate_main(["--models-dir", str(trained / "models"), "--cache-dir", cache, "--out", str(out),
+                          "--chart", str(tmp_path / "chart.png")])
+    assert code == 0
+    result = json.loads(out.read_text())
+    manifest = json.loads((trained / "models" / "manifest.json").read_text())
+    assert result["split"] == "val" and result["data"]["evaluated"] == 80
+    for kind in ("cnn", "dbvae"):
+        assert result["models"][kind]["roc_auc"] == pytest.approx(manifest["models"][kind]["metrics"]["val"]["roc_auc"])
+    assert "balanced_accuracy" in capsys.readouterr().out
+
+
+def test_resume_continues_from_the_checkpoint(trained, cache, tmp_path):
+    import shutil
+
+    ckpt_dir = tmp_path / "ckpt"
+    shutil.copytree(trained / "ckpt", ckpt_dir)
+    cfg = TrainConfig(cache_dir=cache, builtin_non_faces=200, epochs=4, steps_per_epoch=2, latent_dim=16,
+                      checkpoint_dir=str(ckpt_dir), resume=True, progress=False)
+    source = open_source("builtin", cache_dir=cache, builtin_non_faces=200)
+    tr, va = stratified_split(source.labels, 0.2, 0)
+    _, result = train_model("cnn", cfg, source, tr, va)
+    assert [h["epoch"] for h in result["history"]] == [1, 2, 3, 4]
+    assert load_checkpoint(ckpt_dir / "cnn.pt")[1]["epoch"] == 4
+
+
+def test_trap_c_and_d_encoding_pass(cache):
+    """(c) the resampling pass runs in eval mode (batch-norm statistics untouched) and leaves the model in
+    train mode; (d) it encodes exactly the tensors the model trains on, batch by batch."""
+    source = open_source("builtin", cache_dir=cache, builtin_non_faces=200)
+    torch.manual_seed(0)
+    model = DBVAE(ModelConfig(latent_dim=8)).train()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    faces = np.flatnonzero(source.labels == 1)[:37]
+    _, mu = predict(model, source, faces, torch.device("cpu"), batch=10, with_mu=True)
+    assert model.training and bn.training
+    assert torch.equal(bn.running_mean, before)
+    model.eval()
+    with torch.no_grad():
+        expected = model.encode(torch.from_numpy(to_model_input(source.read(faces))))[1]
+    torch.testing.assert_close(mu.float(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert train_main(["--source", "h5", "--h5", str(tmp_path / "missing.h5")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: h5 file not found") and err.count("\n") == 1
+    assert train_main(["--source", "folders", "--faces", str(tmp_path)]) == 2
+    assert "needs --faces DIR and --non-faces DIR" in capsys.readouterr().err
+    assert train_main(["--batch-size", "7"]) == 2
+    assert evaluate_main(["--models-dir", str(tmp_path)]) == 2
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_evaluate_per_group_with_chart(trained, cache, tmp_path):
+    from tests.utils.training_data import lfw_faces, photo_patches, write_folder
+
+    faces = lfw_faces(12)
+    for i, group in enumerate(["DF", "DM", "LF", "LM"]):
+        write_folder(tmp_path / "ppb" / group, faces[i * 3:(i + 1) * 3], "JPEG")
+    write_folder(tmp_path / "neg", photo_patches(8), "PNG")
+    out, chart = tmp_path / "eval.json", tmp_path / "groups.png"
+    code = evaluate_main(["--models-dir", str(trained / "models"), "--source", "folders",
+                          "--faces", str(tmp_path / "ppb"), "--non-faces", str(tmp_path / "neg"),
+                          "--cache-dir", cache, "--out", str(out), "--chart", str(chart)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["split"] == "all" and result["data"]["evaluated"] == 20
+    for kind in ("cnn", "dbvae"):
+        per = result["models"][kind]["per_group"]
+        assert sorted(per["groups"]) == ["DF", "DM", "LF", "LM"]
+        accs = [g["accuracy"] for g in per["groups"].values()]
+        assert all(g["n"] == 3 for g in per["groups"].values())
+        assert per["gap"] == pytest.approx(max(accs) - min(accs))
+    from PIL import Image
+
+    with Image.open(chart) as im:
+        assert im.format == "PNG" and im.width > 200

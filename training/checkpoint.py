@@ -1,0 +1,37 @@
+"""Checkpoints: state_dict + model config + training config + metrics, written atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from training.config import TrainConfig
+from training.model import ModelConfig, build_model
+
+
+def save_checkpoint(path: Path, kind: str, model, optimizer, cfg: TrainConfig, epoch: int,
+                    history: list[dict], metrics: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "kind": kind,
+        "model_state": model.state_dict(),
+        "model_config": model.cfg.to_dict(),
+        "train_config": cfg.to_dict(),
+        "optimizer_state": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "history": history,
+        "metrics": metrics,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint behind
+
+
+def load_checkpoint(path: Path, map_location="cpu"):
+    """-> (model in eval mode, the checkpoint dict)."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    model = build_model(ckpt["kind"], ModelConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model_state"])
+    return model.eval(), ckpt

@@ -1,0 +1,108 @@
+"""Training configuration: one typed, commented set of defaults; every field is a CLI flag (see cli.py)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+
+def default_cache_dir() -> str:
+    return os.environ.get("FACEDET_CACHE", str(Path.home() / ".cache" / "facedet"))
+
+
+def opt(default, help: str):
+    """A config field whose help text is shown by --help."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class TrainConfig:
+    # --- data -------------------------------------------------------------------------------
+    source: str = opt("builtin", "builtin | h5 | folders")
+    h5: str = opt("", "--source h5: path to the MIT 6.S191 train_face.h5 (or any file in that layout)")
+    faces: str = opt("", "--source folders: directory of face images (sub-folders become groups)")
+    non_faces: str = opt("", "--source folders: directory of non-face images")
+    cache_dir: str = opt(default_cache_dir(), "built-in set and converted folders are cached here")
+    builtin_non_faces: int = opt(900, "extra natural-image crops added to the built-in set's 100 patches")
+    val_fraction: float = opt(0.2, "held-out, stratified by label, seeded")
+    seed: int = opt(0, "seeds the split, sampling, augmentation and weights")
+
+    # --- models -----------------------------------------------------------------------------
+    models: str = opt("cnn,dbvae", "which to train, comma separated")
+    latent_dim: int = opt(100, "DB-VAE latent dimensions D")
+    front_end: str = opt("auto", "fixed first stage inside the graph: none | grey | lowpass | grey-lowpass; "
+                              "auto: grey-lowpass for the grey, 25-pixel built-in set, none otherwise")
+    dropout: float = opt(0.0, "dropout before the dense head (0: the lab's architecture)")
+
+    # --- optimisation -----------------------------------------------------------------------
+    epochs: int = opt(30, "training epochs per model")
+    steps_per_epoch: int = opt(0, "0: one pass over the training images' count per epoch")
+    batch_size: int = opt(32, "half faces (resampled for the DB-VAE), half non-faces (uniform)")
+    lr: float = opt(5e-4, "Adam learning rate")
+    weight_decay: float = opt(1e-4, "Adam L2 weight decay")
+    kl_weight: float = opt(5e-4, "c in  c * KL + L1")
+    workers: int = opt(0, "DataLoader worker processes reading images; 0 reads in the training process")
+    device: str = opt("auto", "auto | cpu | cuda")
+
+    # --- adaptive resampling (DB-VAE) -------------------------------------------------------
+    hist_bins: int = opt(10, "histogram bins per latent dimension")
+    smoothing: float = opt(1e-3, "alpha added to the histogram density before inverting it")
+    resample_batch: int = opt(256, "batch size of the encoding pass over all training faces")
+
+    # --- augmentation (training only) -------------------------------------------------------
+    augment: bool = opt(True, "apply the augmentation below (--no-augment to turn off)")
+    flip: float = opt(0.5, "probability of a horizontal flip")
+    rotate: float = opt(10.0, "max degrees")
+    shift: float = opt(0.08, "max fraction of the image size")
+    scale_min: float = opt(0.85, "zoom range; <1 zooms out, so a face need not fill the frame")
+    scale_max: float = opt(1.15, "largest zoom")
+    brightness: float = opt(0.2, "max additive change")
+    contrast: float = opt(0.2, "max relative change")
+    colour: float = opt(0.15, "per-channel gain jitter: tints grey images, recolours colour ones")
+    grey: float = opt(0.2, "probability of turning an image grey (both classes alike)")
+
+    # --- outputs ----------------------------------------------------------------------------
+    out_dir: str = opt("models", "ONNX files + manifest.json")
+    checkpoint_dir: str = opt("checkpoints", "where <model>.pt checkpoints are written")
+    threshold: float = opt(0.5, "decision threshold written to the manifest")
+    resume: bool = opt(False, "continue from checkpoint_dir/<model>.pt if present")
+    progress: bool = opt(True, "show progress bars (--no-progress to hide)")
+
+    def __post_init__(self):
+        if self.source not in ("builtin", "h5", "folders"):
+            raise ValueError(f"--source must be builtin, h5 or folders, not {self.source!r}")
+        if self.source == "h5" and not self.h5:
+            raise ValueError("--source h5 needs --h5 PATH")
+        if self.source == "folders" and not (self.faces and self.non_faces):
+            raise ValueError("--source folders needs --faces DIR and --non-faces DIR")
+        bad = [k for k in self.model_list if k not in ("cnn", "dbvae")]
+        if bad or not self.model_list:
+            raise ValueError(f"--models takes cnn and/or dbvae, not {self.models!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError("--val-fraction must be between 0 and 1")
+        if self.batch_size < 2 or self.batch_size % 2:
+            raise ValueError("--batch-size must be an even number >= 2 (half faces, half non-faces)")
+        for name in ("epochs", "latent_dim", "hist_bins", "resample_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 0 < self.threshold < 1:
+            raise ValueError("--threshold must be between 0 and 1")
+
+    @property
+    def model_front_end(self) -> str:
+        if self.front_end == "auto":
+            return "grey-lowpass" if self.source == "builtin" else "none"
+        return self.front_end
+
+    @property
+    def model_list(self) -> list[str]:
+        return [m.strip() for m in self.models.split(",") if m.strip()]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,166 @@
+"""Evaluate exported ONNX models (the files the service serves) on any source.
+
+    python -m training.evaluate --models-dir models                       # the held-out split
+    python -m training.evaluate --source folders --faces ppb/ --non-faces neg/   # a labelled set
+
+When the face folder has group sub-folders (e.g. LF/ LM/ DF/ DM/), accuracy per group and the gap
+between the best and the worst group are reported, and a bar chart compares the models per group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from training.config import default_cache_dir
+from training.data.h5 import DataError, H5Source
+from training.data.image import to_model_input
+from training.data.sources import open_source, stratified_split
+from training.metrics import binary_metrics, group_metrics
+
+log = logging.getLogger(__name__)
+CLASSIFIER_GRAPH = {"cnn": "classifier", "dbvae": "encoder"}
+
+
+def load_manifest(models_dir: Path) -> dict:
+    path = models_dir / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"no manifest.json in {models_dir}: train and export first (python -m training)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def onnx_probabilities(graph: Path, source: H5Source, indices: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Face probability [N] from an ONNX graph whose first output is the face logit."""
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    name_in, name_logit = session.get_inputs()[0].name, session.get_outputs()[0].name
+    out = []
+    for i in range(0, len(indices), batch):
+        x = to_model_input(source.read(indices[i:i + batch]))
+        logit = session.run([name_logit], {name_in: x})[0].astype(np.float64)
+        out.append(1.0 / (1.0 + np.exp(-logit)))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def evaluate_models(models_dir: Path, manifest: dict, source: H5Source, indices: np.ndarray) -> dict:
+    y = source.labels[indices]
+    result = {"data": {**source.describe(), "evaluated": int(len(indices)), "faces_evaluated": int(y.sum())},
+              "models": {}}
+    for kind, entry in manifest["models"].items():
+        graph = models_dir / entry["graphs"][CLASSIFIER_GRAPH[kind]]
+        prob = onnx_probabilities(graph, source, indices)
+        threshold = float(entry.get("threshold", 0.5))
+        metrics = binary_metrics(y, prob, threshold)
+        if source.groups is not None and source.group_names:
+            metrics["per_group"] = group_metrics(y, prob, source.groups[indices], source.group_names, threshold)
+        result["models"][kind] = {"version": entry.get("version"), "threshold": threshold, **metrics}
+    return result
+
+
+def format_table(result: dict) -> str:
+    cols = ["accuracy", "balanced_accuracy", "precision", "recall", "specificity", "roc_auc"]
+    lines = [f"{'model':<8}" + "".join(f"{c:>19}" for c in cols)]
+    for kind, m in result["models"].items():
+        lines.append(f"{kind:<8}" + "".join(f"{m[c]:>19.3f}" for c in cols))
+        if "per_group" in m:
+            groups = ", ".join(f"{g} {v['accuracy']:.3f} (n={v['n']})" for g, v in m["per_group"]["groups"].items())
+            lines.append(f"{'':<8}per group: {groups}; gap {m['per_group']['gap']:.3f}")
+    return "\n".join(lines)
+
+
+def group_chart(result: dict, path: Path) -> Path | None:
+    """Bar chart of face accuracy per group, one bar per model; None when the set has no groups."""
+    models = {k: m["per_group"]["groups"] for k, m in result["models"].items() if "per_group" in m}
+    if not models:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({g for per in models.values() for g in per})
+    width = 0.8 / len(models)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(groups), 3.6))
+    for i, (kind, per) in enumerate(models.items()):
+        xs = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * width
+        ax.bar(xs, [per.get(g, {}).get("accuracy", np.nan) for g in groups], width, label=kind.upper())
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("face accuracy (recall)")
+    ax.set_title("Accuracy per group")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", default="models", help="directory with the ONNX files and manifest.json")
+    ap.add_argument("--source", choices=["manifest", "builtin", "h5", "folders"], default="manifest",
+                    help="manifest: the data the models were trained on (default)")
+    ap.add_argument("--h5", default="", help="--source h5: file in the MIT lab layout")
+    ap.add_argument("--faces", default="", help="--source folders: face images (group sub-folders allowed)")
+    ap.add_argument("--non-faces", default="", help="--source folders: non-face images")
+    ap.add_argument("--split", choices=["val", "all"], default=None,
+                    help="val: the held-out split of training (default for --source manifest); all: every image")
+    ap.add_argument("--cache-dir", default=default_cache_dir())
+    ap.add_argument("--out", default="eval.json", help="JSON result")
+    ap.add_argument("--chart", default="eval_groups.png", help="per-group bar chart (written when groups exist)")
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict:
+    models_dir = Path(args.models_dir)
+    manifest = load_manifest(models_dir)
+    data = manifest.get("data", {})
+    if args.source == "manifest":
+        src = data.get("source", "builtin")
+        source = open_source(src, h5=data.get("path", "") if src == "h5" else "", faces=data.get("faces", ""),
+                             non_faces=data.get("non_faces", ""), cache_dir=args.cache_dir,
+                             builtin_non_faces=data.get("builtin_non_faces", 900), seed=data.get("seed", 0))
+        split = args.split or "val"
+    else:
+        source = open_source(args.source, h5=args.h5, faces=args.faces, non_faces=args.non_faces,
+                             cache_dir=args.cache_dir)
+        split = args.split or "all"
+    if split == "val":
+        _, indices = stratified_split(source.labels, data.get("val_fraction", 0.2), data.get("seed", 0))
+    else:
+        indices = np.arange(len(source))
+    result = evaluate_models(models_dir, manifest, source, indices)
+    result["split"] = split
+    if getattr(source, "skipped", 0):
+        result["data"]["skipped_unreadable"] = source.skipped
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    chart = group_chart(result, Path(args.chart))
+    result["chart"] = str(chart) if chart else None
+    return result
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except (DataError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    print(f"wrote {args.out}" + (f" and {result['chart']}" if result["chart"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Classification metrics for unbalanced face / non-face sets: never plain accuracy alone."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+
+def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    y = np.asarray(y).astype(int).reshape(-1)
+    pred = (np.asarray(prob).reshape(-1) >= threshold).astype(int)
+    tp, tn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 0)).sum())
+    fp, fn = int(((pred == 1) & (y == 0)).sum()), int(((pred == 0) & (y == 1)).sum())
+    recall = tp / max(tp + fn, 1)
+    specificity = tn / max(tn + fp, 1)
+    return {
+        "accuracy": (tp + tn) / max(len(y), 1),
+        "balanced_accuracy": (recall + specificity) / 2,
+        "precision": tp / max(tp + fp, 1),
+        "recall": recall,
+        "specificity": specificity,
+        "roc_auc": float(roc_auc_score(y, prob)) if 0 < y.sum() < len(y) else float("nan"),
+        "n": int(len(y)),
+        "faces": int(y.sum()),
+    }
+
+
+def group_metrics(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, names: list[str],
+                  threshold: float = 0.5) -> dict:
+    """Accuracy per face group (faces only: the share detected) and the best-worst gap."""
+    per = {}
+    for i, name in enumerate(names):
+        mask = (groups == i) & (y == 1)
+        if mask.any():
+            per[name] = {"accuracy": float((prob[mask] >= threshold).mean()), "n": int(mask.sum())}
+    accs = [g["accuracy"] for g in per.values()]
+    return {"groups": per, "gap": (max(accs) - min(accs)) if accs else float("nan")}

@@ -1,0 +1,245 @@
+"""The networks: a standard CNN face classifier and the DB-VAE (Amini et al., 2019).
+
+Read top to bottom: building blocks, then the config, then the two models, then the losses.
+All images are float32 RGB NCHW [N, 3, 64, 64] in [0, 1].
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+
+
+class ConvBlock(nn.Sequential):
+    """conv -> batch norm -> ReLU; stride 2 halves the spatial size."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int):
+        super().__init__(
+            nn.Conv2d(c_in, c_out, kernel, stride=2, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class DeconvBlock(nn.Sequential):
+    """Transposed conv (x2 upsampling) -> batch norm -> ReLU, mirroring a ConvBlock."""
+
+    def __init__(self, c_in: int, c_out: int, kernel: int):
+        super().__init__(
+            nn.ConvTranspose2d(c_in, c_out, kernel, stride=2, padding=kernel // 2,
+                               output_padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+
+class FrontEnd(nn.Module):
+    """Optional fixed (weight-free) first stage, exported inside the graph so serving needs no change.
+
+    "grey": RGB -> luma replicated to 3 channels, so colour carries no signal (the built-in faces are grey).
+    "lowpass": 2x average-pool then bilinear up-sampling, so a sharp photo looks like the soft, up-sampled
+    25-pixel crops of the built-in set instead of something the model never saw.
+    """
+
+    def __init__(self, kind: str):
+        super().__init__()
+        self.grey = "grey" in kind
+        self.lowpass = "lowpass" in kind
+        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grey:
+            x = (x * self.luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)  # [N, 3, H, W], R = G = B
+        if self.lowpass:
+            h, w = x.shape[-2:]
+            x = F.interpolate(F.avg_pool2d(x, 2), size=(h, w), mode="bilinear", align_corners=False)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+
+
+@dataclass
+class ModelConfig:
+    image_size: int = 64
+    filters: tuple[int, ...] = (12, 24, 48, 72)  # one conv block each, stride 2: 64 -> 4
+    kernels: tuple[int, ...] = (5, 5, 3, 3)
+    hidden: int = 512  # dense layer before the head
+    latent_dim: int = 100  # DB-VAE only
+    dropout: float = 0.0  # before the dense head; 0 keeps the architecture of the lab
+    front_end: str = "none"  # none | grey | lowpass | grey-lowpass (see FrontEnd)
+
+    def __post_init__(self):
+        self.filters, self.kernels = tuple(self.filters), tuple(self.kernels)
+        if len(self.filters) != len(self.kernels):
+            raise ValueError("filters and kernels must have the same length")
+        if self.front_end not in ("none", "grey", "lowpass", "grey-lowpass"):
+            raise ValueError(f"front_end must be none, grey, lowpass or grey-lowpass, not {self.front_end!r}")
+        if self.image_size % (2 ** len(self.filters)):
+            raise ValueError(f"image_size {self.image_size} is not divisible by 2^{len(self.filters)}")
+
+    @property
+    def feature_size(self) -> int:
+        return self.image_size // 2 ** len(self.filters)  # 4 for 64 px and 4 blocks
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_encoder(cfg: ModelConfig, n_out: int) -> nn.Sequential:
+    """Conv blocks -> flatten -> dense -> n_out values."""
+    blocks, c_in = [], 3
+    for c_out, k in zip(cfg.filters, cfg.kernels):
+        blocks.append(ConvBlock(c_in, c_out, k))
+        c_in = c_out
+    flat = c_in * cfg.feature_size**2  # 72 * 4 * 4 = 1152
+    return nn.Sequential(
+        FrontEnd(cfg.front_end),
+        *blocks,
+        nn.Flatten(),
+        nn.Dropout(cfg.dropout),
+        nn.Linear(flat, cfg.hidden),
+        nn.ReLU(inplace=True),
+        nn.Linear(cfg.hidden, n_out),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class FaceCNN(nn.Module):
+    """Standard CNN classifier: image [N,3,64,64] -> face logit [N]."""
+
+    def __init__(self, cfg: ModelConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or ModelConfig()
+        self.net = make_encoder(cfg, 1)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image).squeeze(1)  # [N, 1] -> [N]
+
+
+class DBVAE(nn.Module):
+    """Debiasing VAE: the encoder emits a face logit z0 plus a latent Gaussian (mu, log sigma^2)."""
+
+    def __init__(self, cfg: ModelConfig | None = None):
+        super().__init__()
+        self.cfg = cfg = cfg or ModelConfig()
+        d = cfg.latent_dim
+        self.encoder = make_encoder(cfg, 1 + 2 * d)
+        c_top, s = cfg.filters[-1], cfg.feature_size
+        self.decoder_in = nn.Sequential(nn.Linear(d, c_top * s * s), nn.ReLU(inplace=True))
+        ups = []
+        chans = list(reversed(cfg.filters))  # 72, 48, 24, 12
+        kernels = list(reversed(cfg.kernels))
+        for c_in, c_out, k in zip(chans, chans[1:], kernels):
+            ups.append(DeconvBlock(c_in, c_out, k))
+        ups.append(nn.ConvTranspose2d(chans[-1], 3, kernels[-1], stride=2,
+                                      padding=kernels[-1] // 2, output_padding=1))
+        self.decoder_conv = nn.Sequential(*ups)
+
+    def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.encoder(image)  # [N, 1 + 2D]
+        d = self.cfg.latent_dim
+        logit = out[:, 0]  # [N]
+        mu = out[:, 1 : 1 + d]  # [N, D]
+        logvar = out[:, 1 + d :]  # [N, D]
+        return logit, mu, logvar
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        # z = mu + sigma * eps with sigma = exp(1/2 log sigma^2): the same sigma the KL term uses.
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        c, s = self.cfg.filters[-1], self.cfg.feature_size
+        h = self.decoder_in(z).view(-1, c, s, s)  # [N, 72, 4, 4]
+        return torch.sigmoid(self.decoder_conv(h))  # [N, 3, 64, 64] in [0, 1]
+
+    def forward(self, image: torch.Tensor):
+        logit, mu, logvar = self.encode(image)
+        z = self.reparameterize(mu, logvar)
+        return logit, mu, logvar, self.decode(z)
+
+
+class EncoderGraph(nn.Module):
+    """Export view of the DB-VAE encoder: image -> (logit, mu, logvar)."""
+
+    def __init__(self, model: DBVAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor):
+        return self.model.encode(image)
+
+
+class DecoderGraph(nn.Module):
+    """Export view of the DB-VAE decoder: z -> image."""
+
+    def __init__(self, model: DBVAE):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.decode(z)
+
+
+def build_model(kind: str, cfg: ModelConfig) -> nn.Module:
+    if kind == "cnn":
+        return FaceCNN(cfg)
+    if kind == "dbvae":
+        return DBVAE(cfg)
+    raise ValueError(f"unknown model kind {kind!r} (expected 'cnn' or 'dbvae')")
+
+
+# ---------------------------------------------------------------------------------------------
+# Losses
+
+
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) per sample [N]: 1/2 * sum_j (sigma_j^2 + mu_j^2 - 1 - log sigma_j^2)
+    (Kingma & Welling 2014, appendix B; Amini et al. 2019, eq. 2)."""
+    return 0.5 * torch.sum(logvar.exp() + mu.pow(2) - 1.0 - logvar, dim=1)
+
+
+def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """L1 reconstruction per sample [N]: mean over pixels of |x - x_hat|."""
+    return (x - x_hat).abs().flatten(1).mean(dim=1)
+
+
+def dbvae_loss(x, y, logit, mu, logvar, x_hat, kl_weight: float = 5e-4) -> dict[str, torch.Tensor]:
+    """DB-VAE loss (Amini et al. 2019, eq. 4): mean over the batch of
+    BCE(z0, y) + 1[y = face] * (c * KL + L1). y is [N] in {0, 1}; a [N, 1] label is flattened so it
+    cannot broadcast against the per-sample [N] terms and silently break the face-only mask."""
+    y = y.reshape(-1).to(logit.dtype)  # [N]
+    if y.shape != logit.shape:
+        raise ValueError(f"labels {tuple(y.shape)} do not match logits {tuple(logit.shape)}")
+    bce = F.binary_cross_entropy_with_logits(logit, y, reduction="none")  # [N]
+    kl = kl_loss(mu, logvar)  # [N]
+    recon = reconstruction_loss(x, x_hat)  # [N]
+    vae = kl_weight * kl + recon  # [N]
+    total = (bce + y * vae).mean()
+    faces = y.sum().clamp(min=1.0)
+    return {
+        "loss": total,
+        "bce": bce.mean(),
+        "kl": (y * kl).sum() / faces,  # reported over faces only, as trained
+        "recon": (y * recon).sum() / faces,
+        "per_sample": bce + y * vae,
+    }
+
+
+def cnn_loss(y, logit) -> dict[str, torch.Tensor]:
+    y = y.reshape(-1).to(logit.dtype)
+    if y.shape != logit.shape:
+        raise ValueError(f"labels {tuple(y.shape)} do not match logits {tuple(logit.shape)}")
+    bce = F.binary_cross_entropy_with_logits(logit, y)
+    return {"loss": bce, "bce": bce}
