@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= train,service,cpu,dev
 
-.PHONY: install train test serve evaluate clean
+.PHONY: install train test serve evaluate readme-metrics clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ serve: install
 
 evaluate: install
 	$(PY) -m training.evaluate $(ARGS)
+
+readme-metrics: install  ## rewrite the README's metrics table from models/manifest.json
+	$(PY) -m training.evaluate --update-readme README.md
 
 clean:
 	rm -rf $(VENV) checkpoints .pytest_cache

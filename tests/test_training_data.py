@@ -165,3 +165,16 @@ def test_augmentation_is_seeded_in_range_and_off_when_zero():
     flipped = TrainConfig(flip=1, rotate=0, shift=0, scale_min=1, scale_max=1, brightness=0, contrast=0,
                           colour=0, grey=0)
     assert torch.allclose(augment(x, flipped, torch.Generator()), x.flip(-1), atol=1e-5)
+
+
+def test_zoom_out_places_the_image_in_a_real_background():
+    faces = torch.from_numpy(lfw_faces(2).transpose(0, 3, 1, 2).copy()).float() / 255
+    scene = torch.from_numpy(photo_patches(1).transpose(0, 3, 1, 2).copy()).float() / 255
+    half = TrainConfig(flip=0, rotate=0, shift=0, scale_min=0.5, scale_max=0.5, brightness=0, contrast=0,
+                       colour=0, grey=0)
+    out = augment(faces, half, torch.Generator().manual_seed(0), backgrounds=scene)
+    # The face shrinks to the central 32x32; the frame around it is the scene, untouched.
+    torch.testing.assert_close(out[:, :, :8], scene.expand(2, -1, -1, -1)[:, :, :8])
+    torch.testing.assert_close(out[:, :, :, -8:], scene.expand(2, -1, -1, -1)[:, :, :, -8:])
+    small = torch.nn.functional.avg_pool2d(faces, 2)
+    assert float((out[:, :, 18:46, 18:46] - small[:, :, 2:30, 2:30]).abs().mean()) < 0.03

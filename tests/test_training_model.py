@@ -119,3 +119,22 @@ def test_label_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="do not match"):
         cnn_loss(torch.zeros(3), torch.zeros(4))
     assert cnn_loss(torch.tensor([[1.0], [0.0]]), torch.tensor([0.0, 0.0]))["loss"].item() == pytest.approx(np.log(2))
+
+
+def test_front_end_grey_and_lowpass():
+    from training.model import FrontEnd
+
+    x = torch.rand(2, 3, 64, 64)
+    grey = FrontEnd("grey")(x)
+    assert torch.equal(grey[:, 0], grey[:, 1]) and torch.equal(grey[:, 1], grey[:, 2])
+    expected = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    assert torch.allclose(grey[:, 0], expected, atol=1e-6)
+    flat = torch.full((1, 3, 64, 64), 0.3)
+    assert torch.allclose(FrontEnd("grey-lowpass")(flat), flat, atol=1e-6)  # nothing to smooth
+    stripes = torch.zeros(1, 3, 64, 64)
+    stripes[..., ::2] = 1.0  # finest detail there is: removed by the low-pass stage
+    assert float(FrontEnd("lowpass")(stripes).std()) < 0.05 < float(stripes.std())
+    assert torch.equal(FrontEnd("none")(x), x)
+    colour_blind = FaceCNN(ModelConfig(front_end="grey")).eval()
+    recoloured = x[:, [2, 1, 0]] * 0 + grey  # another colouring with the same luma
+    torch.testing.assert_close(colour_blind(x), colour_blind(recoloured), atol=1e-5, rtol=1e-5)

@@ -170,3 +170,14 @@ def test_evaluate_per_group_with_chart(trained, cache, tmp_path):
 
     with Image.open(chart) as im:
         assert im.format == "PNG" and im.width > 200
+
+
+def test_readme_metrics_table_comes_from_the_manifest(trained, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- metrics:start -->\nold\n<!-- metrics:end -->\ntail\n")
+    assert evaluate_main(["--models-dir", str(trained / "models"), "--update-readme", str(readme)]) == 0
+    text = readme.read_text()
+    manifest = json.loads((trained / "models" / "manifest.json").read_text())
+    auc = manifest["models"]["dbvae"]["metrics"]["val"]["roc_auc"]
+    assert "old" not in text and text.endswith("<!-- metrics:end -->\ntail\n")
+    assert f"| dbvae | `{manifest['models']['dbvae']['version']}` |" in text and f"{auc:.3f}" in text

@@ -17,8 +17,14 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.
     return torch.rand(n, generator=g, device=device) * (hi - lo) + lo
 
 
-def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tensor:
-    """x: float [N, 3, H, W] in [0, 1] -> augmented copy, same shape and range."""
+def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
+            backgrounds: torch.Tensor | None = None) -> torch.Tensor:
+    """x: float [N, 3, H, W] in [0, 1] -> augmented copy, same shape and range.
+
+    Zooming out or rotating uncovers area outside the source image. With `backgrounds` ([M, 3, H, W]
+    non-face images) that area shows a real scene, so a zoomed-out face sits in a real surrounding the way
+    a face does in a photo; both classes are treated alike, so the seam tells nothing. Without them the
+    image is mirrored into it."""
     n, dev = x.shape[0], x.device
     # Geometry: rotate, scale, shift and flip as one 2x3 affine matrix per image.
     angle = _uniform(n, -cfg.rotate, cfg.rotate, g, dev) * math.pi / 180
@@ -29,7 +35,13 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator) -> torch.Tens
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
                          torch.stack([sin * flip, cos, ty], 1)], 1)  # [N, 2, 3]
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    if backgrounds is None or len(backgrounds) == 0:
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    else:
+        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        inside = (grid.abs() <= 1).all(-1).unsqueeze(1)  # [N, 1, H, W]: where the source image lands
+        pick = torch.randint(len(backgrounds), (n,), generator=g, device=dev)
+        x = torch.where(inside, warped, backgrounds[pick])
 
     # Photometric: per-channel gain (colour), grey, contrast around the mean, brightness.
     gains = 1 + (torch.rand(n, 3, 1, 1, generator=g, device=dev) * 2 - 1) * cfg.colour

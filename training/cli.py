@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     try:
         cfg = TrainConfig(**vars(args))
         run(cfg)
-    except (DataError, ValueError) as exc:
+    except (DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

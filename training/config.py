@@ -24,7 +24,7 @@ class TrainConfig:
     faces: str = opt("", "--source folders: directory of face images (sub-folders become groups)")
     non_faces: str = opt("", "--source folders: directory of non-face images")
     cache_dir: str = opt(default_cache_dir(), "built-in set and converted folders are cached here")
-    builtin_non_faces: int = opt(900, "extra natural-image crops added to the built-in set's 100 patches")
+    builtin_non_faces: int = opt(1400, "extra natural-image crops added to the built-in set's 100 patches")
     val_fraction: float = opt(0.2, "held-out, stratified by label, seeded")
     seed: int = opt(0, "seeds the split, sampling, augmentation and weights")
 
@@ -40,6 +40,8 @@ class TrainConfig:
     steps_per_epoch: int = opt(0, "0: one pass over the training images' count per epoch")
     batch_size: int = opt(32, "half faces (resampled for the DB-VAE), half non-faces (uniform)")
     lr: float = opt(5e-4, "Adam learning rate")
+    lr_schedule: str = opt("cosine", "cosine (decays to 0 by the last epoch, so the exported model is a settled "
+                                     "one) | constant")
     weight_decay: float = opt(1e-4, "Adam L2 weight decay")
     kl_weight: float = opt(5e-4, "c in  c * KL + L1")
     workers: int = opt(0, "DataLoader worker processes reading images; 0 reads in the training process")
@@ -55,7 +57,7 @@ class TrainConfig:
     flip: float = opt(0.5, "probability of a horizontal flip")
     rotate: float = opt(10.0, "max degrees")
     shift: float = opt(0.08, "max fraction of the image size")
-    scale_min: float = opt(0.85, "zoom range; <1 zooms out, so a face need not fill the frame")
+    scale_min: float = opt(0.6, "smallest zoom; <1 zooms out into a real scene, so a face need not fill the frame")
     scale_max: float = opt(1.15, "largest zoom")
     brightness: float = opt(0.2, "max additive change")
     contrast: float = opt(0.2, "max relative change")
@@ -86,6 +88,8 @@ class TrainConfig:
         for name in ("epochs", "latent_dim", "hist_bins", "resample_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError("--lr-schedule must be cosine or constant")
         if not 0 < self.threshold < 1:
             raise ValueError("--threshold must be between 0 and 1")
 

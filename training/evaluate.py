@@ -76,6 +76,29 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def manifest_markdown(manifest: dict) -> str:
+    """The manifest's held-out metrics as a Markdown table (what `make readme-metrics` puts in the README)."""
+    data = manifest["data"]
+    cols = ["accuracy", "balanced_accuracy", "precision", "recall", "specificity", "roc_auc"]
+    lines = [f"Measured by `python -m training` on {manifest['created']} (source `{data['source']}`; held-out split: "
+             f"{data['val']['faces']} faces, {data['val']['non_faces']} non-faces; ONNX Runtime on the exported files):",
+             "", "| model | version | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+             "|---|---|" + "---:|" * len(cols)]
+    for kind, entry in manifest["models"].items():
+        val = entry["metrics"]["val"]
+        lines.append(f"| {kind} | `{entry['version']}` | " + " | ".join(f"{val[c]:.3f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def update_readme(readme: Path, manifest: dict) -> None:
+    start, end = "<!-- metrics:start -->", "<!-- metrics:end -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise DataError(f"{readme} has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    readme.write_text(head + start + "\n" + manifest_markdown(manifest) + "\n" + end + rest.split(end, 1)[1])
+
+
 def group_chart(result: dict, path: Path) -> Path | None:
     """Bar chart of face accuracy per group, one bar per model; None when the set has no groups."""
     models = {k: m["per_group"]["groups"] for k, m in result["models"].items() if "per_group" in m}
@@ -118,6 +141,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cache-dir", default=default_cache_dir())
     ap.add_argument("--out", default="eval.json", help="JSON result")
     ap.add_argument("--chart", default="eval_groups.png", help="per-group bar chart (written when groups exist)")
+    ap.add_argument("--update-readme", metavar="README", default="",
+                    help="only rewrite the metrics table of README from the manifest, then exit")
     return ap.parse_args(argv)
 
 
@@ -129,7 +154,7 @@ def run(args: argparse.Namespace) -> dict:
         src = data.get("source", "builtin")
         source = open_source(src, h5=data.get("path", "") if src == "h5" else "", faces=data.get("faces", ""),
                              non_faces=data.get("non_faces", ""), cache_dir=args.cache_dir,
-                             builtin_non_faces=data.get("builtin_non_faces", 900), seed=data.get("seed", 0))
+                             builtin_non_faces=data.get("builtin_non_faces", 1400), seed=data.get("seed", 0))
         split = args.split or "val"
     else:
         source = open_source(args.source, h5=args.h5, faces=args.faces, non_faces=args.non_faces,
@@ -153,6 +178,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = parse_args(argv)
     try:
+        if args.update_readme:
+            update_readme(Path(args.update_readme), load_manifest(Path(args.models_dir)))
+            print(f"updated the metrics table in {args.update_readme}")
+            return 0
         result = run(args)
     except (DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -35,15 +35,17 @@ class ParityError(RuntimeError):
 @contextlib.contextmanager
 def _quiet_exporter():
     """The dynamo exporter logs progress lines and torchvision notices on every call; keep the CLI readable."""
-    logger = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(n) for n in ("torch.onnx._internal.exporter._registration", "onnx_ir", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def export_graph(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,

@@ -100,6 +100,8 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_model(kind, ModelConfig(latent_dim=cfg.latent_dim, dropout=cfg.dropout, front_end=cfg.model_front_end)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = cfg.steps_per_epoch or math.ceil(len(train_idx) / cfg.batch_size)
+    total_steps = cfg.epochs * steps
     ckpt_path = Path(cfg.checkpoint_dir) / f"{kind}.pt"
 
     history, start = [], 0
@@ -114,7 +116,6 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
 
     labels = source.labels
     faces, non_faces = train_idx[labels[train_idx] == 1], train_idx[labels[train_idx] == 0]
-    steps = cfg.steps_per_epoch or math.ceil(len(train_idx) / cfg.batch_size)
     val = {}
     for epoch in range(start, cfg.epochs):
         record: dict = {"epoch": epoch + 1}
@@ -129,11 +130,15 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
         loader = batches_of(source, epoch_batches(rng, faces, non_faces, p, steps, cfg.batch_size), cfg.workers)
         bar = tqdm(loader, total=steps, desc=f"{kind} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
                    leave=False)
-        for images, y in bar:
+        for step, (images, y) in enumerate(bar):
+            if cfg.lr_schedule == "cosine":
+                done = (epoch * steps + step) / total_steps
+                for group in opt.param_groups:
+                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * done))
             x = as_input(images, device)
-            if cfg.augment:
-                x = augment(x, cfg, gen)
             y = y.to(device)
+            if cfg.augment:
+                x = augment(x, cfg, gen, backgrounds=x[y == 0])
             if kind == "dbvae":
                 losses = dbvae_loss(x, y, *model(x), kl_weight=cfg.kl_weight)
             else:
@@ -150,8 +155,12 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
         val = binary_metrics(labels[val_idx], prob, cfg.threshold)
         record["val"] = val
         history.append(record)
-        log.info("%s epoch %d/%d loss %.4f val balanced acc %.3f auc %.3f", kind, epoch + 1, cfg.epochs,
-                 record["loss"], val["balanced_accuracy"], val["roc_auc"])
+        extra = ""
+        if "resampling" in record:
+            r = record["resampling"]
+            extra = f" | resampling max/min {r['max_min_ratio']:.1f}, ESS {r['ess_fraction']:.2f}"
+        log.info("%s epoch %d/%d loss %.4f val balanced acc %.3f auc %.3f%s", kind, epoch + 1, cfg.epochs,
+                 record["loss"], val["balanced_accuracy"], val["roc_auc"], extra)
         save_checkpoint(ckpt_path, kind, model, opt, cfg, epoch + 1, history, {"val": val})
     if not val and history:
         val = history[-1]["val"]

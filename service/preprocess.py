@@ -1,0 +1,87 @@
+"""Decode an upload and turn it into model input, exactly as training does.
+
+The steps mirror training/data/image.py (the service may not import it; a test compares both on the
+same files): decode -> EXIF orientation -> RGB -> centre square crop -> bilinear resize -> /255, NCHW.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from service.errors import ProblemError
+
+Image.init()  # register every plugin now: open(formats=...) only looks up those already registered
+
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # Pillow's names; JPEG covers MPO phone photos
+ALLOWED_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB. 16/32-bit grey is scaled (not clipped); alpha is composited on white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.int64)
+        # 'I' holds 16-bit data (PNG) or promoted 8-bit data: only the former needs scaling.
+        if arr.max(initial=0) > 255:
+            arr = arr >> 8
+        im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        im = Image.fromarray(np.clip(np.asarray(im), 0, 255).astype(np.uint8), mode="L")
+    if im.mode in ("P", "PA") or (im.mode == "L" and "transparency" in im.info):
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
+    return im.convert("RGB")
+
+
+def centre_square(im: Image.Image) -> Image.Image:
+    w, h = im.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return im.crop((left, top, left + s, top + s))
+
+
+def prepare(im: Image.Image, size: int) -> np.ndarray:
+    """Decoded image -> uint8 [size, size, 3] RGB."""
+    im = ImageOps.exif_transpose(im)
+    im = to_rgb(im)
+    im = centre_square(im)
+    im = im.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def decode(data: bytes, *, size: int, max_pixels: int, label: str = "image") -> np.ndarray:
+    """Encoded bytes -> uint8 [size, size, 3], or a ProblemError naming what is wrong with them."""
+    if not data:
+        raise ProblemError(422, "empty-image", "Empty image", f"{label}: the file is empty (0 bytes)")
+    try:
+        # Only the allowed decoders even look at the bytes; open() reads the header, not the pixels.
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+            if im.width * im.height > max_pixels:
+                raise _too_many_pixels(label, im.width, im.height, max_pixels)
+            im.load()
+            return prepare(im, size)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow refuses (or, with the warning filter set at start-up, refuses earlier) before decoding.
+        raise ProblemError(413, "image-too-large", "Image too large",
+                           f"{label}: refused before decoding: {exc}") from None
+    except UnidentifiedImageError:
+        raise ProblemError(415, "unsupported-image", "Unsupported image",
+                           f"{label}: not a {ALLOWED_TEXT} image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ProblemError(422, "corrupt-image", "Corrupt image",
+                           f"{label}: truncated or corrupt image data ({exc})") from None
+
+
+def _too_many_pixels(label: str, w: int, h: int, cap: int) -> ProblemError:
+    return ProblemError(413, "image-too-large", "Image too large",
+                        f"{label}: {w}x{h} = {w * h} pixels exceeds the {cap}-pixel limit (FACEDET_MAX_IMAGE_PIXELS)")
+
+
+def to_model_input(images: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    """uint8 [N, H, W, 3] RGB -> float32 [N, 3, H, W] in [0, 1]."""
+    batch = np.stack(images) if isinstance(images, list) else images
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)

@@ -1,0 +1,49 @@
+"""POST /detect: face probability for one or more images, in one batched inference."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Query, UploadFile
+
+from service.deps import AdmittedEngineDep, SettingsDep
+from service.errors import ProblemError
+from service.routes import UPLOAD_PROBLEMS
+from service.schemas import DetectResponse, Detection
+from service.settings import ModelName
+from service.uploads import decode_batch, read
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post("/detect", response_model=DetectResponse, responses=UPLOAD_PROBLEMS,
+             summary="Is each picture a face?")
+async def detect(
+    engine: AdmittedEngineDep,
+    settings: SettingsDep,
+    image: Annotated[list[UploadFile], File(description="An image; repeat the field to send a batch")],
+    model: Annotated[ModelName | None, Query(
+        description="Which classifier answers; default FACEDET_DEFAULT_MODEL (dbvae)",
+        openapi_examples={"DB-VAE": {"value": "dbvae"}, "standard CNN": {"value": "cnn"}},
+    )] = None,
+) -> DetectResponse:
+    if len(image) > settings.max_images_per_request:
+        raise ProblemError(422, "too-many-images", "Too many images",
+                           f"{len(image)} images sent; at most {settings.max_images_per_request} per request "
+                           "(FACEDET_MAX_IMAGES_PER_REQUEST)")
+    name = model or settings.default_model
+    payloads = [await read(upload, f"image[{i}]") for i, upload in enumerate(image)]
+
+    def job():
+        return engine.classify(name, decode_batch(payloads, engine.size, settings.max_image_pixels))
+
+    probabilities = await engine.call(job)
+    threshold = engine.threshold(name)
+    return DetectResponse(
+        model=name,
+        model_version=engine.manifest.models[name].version,
+        threshold=threshold,
+        provider=engine.provider(name),
+        results=[Detection(filename=upload.filename, face_probability=float(p), is_face=bool(p >= threshold))
+                 for upload, p in zip(image, probabilities)],
+    )

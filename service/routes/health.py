@@ -1,0 +1,26 @@
+"""Liveness and readiness. Both answer from the event loop, never waiting on the inference pool."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import EngineDep, MetricsDep
+from service.errors import ProblemError
+from service.schemas import Liveness, Problem, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Liveness, summary="The process is alive")
+async def healthz() -> Liveness:
+    return Liveness(status="alive")
+
+
+@router.get("/readyz", response_model=Readiness, summary="Models loaded and warmed up; not shutting down",
+            responses={503: {"model": Problem, "content": {"application/problem+json": {}}}})
+async def readyz(engine: EngineDep, metrics: MetricsDep) -> Readiness:
+    reason = engine.not_ready_reason()
+    metrics.ready.set(0 if reason else 1)
+    if reason:
+        raise ProblemError(503, "not-ready", "Not ready", reason)
+    return Readiness(status="ready", providers={k: g.providers[0] for k, g in engine.graphs.items()})

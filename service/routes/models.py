@@ -1,0 +1,34 @@
+"""GET /v1/models: what is loaded, from which files, on which provider, and how it scored."""
+
+from __future__ import annotations
+
+import onnxruntime as ort
+from fastapi import APIRouter
+
+from service.deps import EngineDep, SettingsDep
+from service.schemas import GraphInfo, ModelInfo, ModelsResponse
+
+router = APIRouter(tags=["models"])
+
+
+def _args(args: list) -> list[dict]:
+    return [{"name": a.name, "shape": a.shape, "type": a.type} for a in args]
+
+
+@router.get("/v1/models", response_model=ModelsResponse, summary="Loaded models, versions, providers, metrics")
+async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsResponse:
+    models = []
+    for name, entry in engine.manifest.models.items():
+        graphs = {key.split(".", 1)[1]: g for key, g in engine.graphs.items() if key.startswith(f"{name}.")}
+        if not graphs:
+            continue
+        models.append(ModelInfo(
+            name=name, version=entry.version, threshold=engine.threshold(name),
+            default=name == settings.default_model, metrics=entry.metrics,
+            graphs={role: GraphInfo(file=g.file, inputs=_args(g.session.get_inputs()),
+                                    outputs=_args(g.session.get_outputs()), providers=g.providers,
+                                    warmed_batch_sizes=g.warmed) for role, g in graphs.items()},
+        ))
+    return ModelsResponse(input=engine.manifest.input, latent_dim=engine.manifest.latent_dim,
+                          requested_providers=settings.providers,
+                          available_providers=ort.get_available_providers(), models=models)

@@ -1,0 +1,148 @@
+"""Pydantic classes: the manifest written by training, and every response body."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# --- manifest.json (format_version 1), see the model contract in README.md ---
+
+
+class ManifestInput(BaseModel):
+    name: str = "image"
+    layout: Literal["NCHW"] = "NCHW"
+    channels: Literal[3] = 3
+    size: int = Field(gt=0)
+    channel_order: Literal["RGB"] = "RGB"
+    dtype: Literal["float32"] = "float32"
+    range: tuple[float, float] = (0.0, 1.0)
+    preprocess: list[str] = []
+
+
+class ManifestModel(BaseModel):
+    version: str
+    threshold: float = Field(ge=0.0, le=1.0)
+    graphs: dict[str, str]
+    metrics: dict[str, Any] = {}
+
+
+class ManifestFile(BaseModel):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class Manifest(BaseModel):
+    format_version: Literal[1]
+    created: str | None = None
+    input: ManifestInput
+    latent_dim: int = Field(gt=0)
+    models: dict[str, ManifestModel]
+    files: dict[str, ManifestFile]
+
+
+# --- responses ---
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details: every error body has this shape."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:facedet:problem:unsupported-image",
+                    "title": "Unsupported image",
+                    "status": 415,
+                    "detail": "image[0] 'notes.txt': not a JPEG, PNG, WebP, GIF, BMP or TIFF image",
+                }
+            ]
+        }
+    )
+    type: str
+    title: str
+    status: int
+    detail: str
+    error_id: str | None = None
+
+
+class Detection(BaseModel):
+    filename: str | None
+    face_probability: float = Field(ge=0.0, le=1.0)
+    is_face: bool
+
+
+class DetectResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "dbvae",
+                    "model_version": "dbvae-1a2b3c4d",
+                    "threshold": 0.5,
+                    "provider": "CPUExecutionProvider",
+                    "results": [{"filename": "photo.jpg", "face_probability": 0.97, "is_face": True}],
+                }
+            ]
+        }
+    )
+    model: str
+    model_version: str
+    threshold: float
+    provider: str
+    results: list[Detection]
+
+
+class MorphFrames(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model_version": "dbvae-1a2b3c4d",
+                    "steps": 2,
+                    "size": 64,
+                    "latent_distance": 7.41,
+                    "frames": ["iVBORw0KGgo...", "iVBORw0KGgo..."],
+                }
+            ]
+        }
+    )
+    model_version: str
+    steps: int
+    size: int
+    latent_distance: float = Field(description="Euclidean distance between the latent means of a and b")
+    frames: list[str] = Field(description="base64-encoded PNG frames, from a to b")
+
+
+class GraphInfo(BaseModel):
+    file: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    providers: list[str] = Field(description="what the session actually uses, in order")
+    warmed_batch_sizes: list[int]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    threshold: float
+    default: bool
+    graphs: dict[str, GraphInfo]
+    metrics: dict[str, Any]
+
+
+class ModelsResponse(BaseModel):
+    input: ManifestInput
+    latent_dim: int
+    requested_providers: list[str]
+    available_providers: list[str]
+    models: list[ModelInfo]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready"]
+    providers: dict[str, str] = Field(description="graph -> the provider its session actually runs on")
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"]

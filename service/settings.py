@@ -1,0 +1,74 @@
+"""The one settings object, read from FACEDET_* environment variables and validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import onnxruntime as ort
+from PIL import Image
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The models committed with the repository (baked into the image at /app/models).
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+ModelName = Literal["dbvae", "cnn"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FACEDET_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    models_dir: Path = DEFAULT_MODELS_DIR
+    default_model: ModelName = "dbvae"
+    # Order of preference; unavailable ones are skipped and ORT always keeps CPU as the last resort.
+    providers: Annotated[list[str], NoDecode] = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    require_gpu: bool = False
+    threshold: float | None = Field(None, ge=0.0, le=1.0)
+    max_upload_bytes: int = Field(10_000_000, ge=1024)
+    # Pillow itself only warns up to twice its own limit; ours must sit at or under that limit.
+    max_image_pixels: int = Field(50_000_000, ge=64 * 64, le=Image.MAX_IMAGE_PIXELS)
+    max_images_per_request: int = Field(16, ge=1, le=256)
+    max_morph_steps: int = Field(32, ge=2, le=256)
+    worker_threads: int = Field(2, ge=1, le=64)
+    intra_op_threads: int = Field(1, ge=0, le=64)
+    max_queue: int = Field(64, ge=0, le=10_000)
+    retry_after_s: int = Field(1, ge=1, le=3600)
+    # Readiness answers 503 for this long after SIGTERM before the server stops accepting work,
+    # so a load balancer has time to notice.
+    shutdown_delay_s: float = Field(0.0, ge=0.0, le=300.0)
+    graceful_timeout_s: float = Field(20.0, ge=0.0, le=600.0)
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
+
+    @field_validator("providers")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one execution provider is needed")
+        unknown = [p for p in value if p not in ort.get_all_providers()]
+        if unknown:
+            raise ValueError(f"unknown ONNX Runtime provider(s) {unknown}")
+        return value
+
+
+class SettingsError(Exception):
+    """A bad setting, already phrased as the one line the operator sees."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            problems.append(f"FACEDET_{field.upper()}={err.get('input')!r}: {err['msg']}")
+        raise SettingsError("bad setting " + "; ".join(problems)) from None
