@@ -1,0 +1,79 @@
+"""The built-in default data set: small, real, and shipped inside registry packages (no download).
+
+Faces: the 100 LFW faces of scikit-image's `lfw_subset` (25x25 grey crops).
+Non-faces: its 100 LFW background patches, plus random crops of natural photographs shipped with
+scikit-image and scikit-learn (pictures with people in them are left out).
+
+Every image is brought to 25x25 grey-level resolution first and then up-sampled to 64x64, exactly like
+the LFW crops, so that neither sharpness nor colour tells a face from a non-face; colour is put back
+for both classes alike by augmentation. Built once, cached as an HDF5 file in the lab layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from training.data.h5 import H5Writer
+from training.data.image import IMAGE_SIZE, prepare
+
+BUILTIN_VERSION = 2
+LFW_SIZE = 25
+# scikit-image sample pictures without people (astronaut, camera and the GIF show people).
+SKIMAGE_PICTURES = ("brick", "cell", "chelsea", "clock", "coffee", "coins", "colorwheel", "grass", "gravel",
+                    "horse", "hubble_deep_field", "immunohistochemistry", "logo", "microaneurysms", "moon",
+                    "page", "retina", "rocket", "text", "checkerboard")
+
+
+def _natural_pictures() -> list[np.ndarray]:
+    import skimage.data
+    from sklearn.datasets import load_sample_images
+
+    pictures = []
+    for name in SKIMAGE_PICTURES:
+        img = np.asarray(getattr(skimage.data, name)())
+        if img.dtype == bool:
+            img = img.astype(np.uint8) * 255
+        pictures.append(img)
+    pictures.extend(np.asarray(img) for img in load_sample_images().images)  # china.jpg, flower.jpg
+    return pictures
+
+
+def _low_res(img: Image.Image) -> np.ndarray:
+    """Any crop -> the LFW subset's look: 25x25 grey, then the canonical 64x64 RGB."""
+    small = img.convert("L").resize((LFW_SIZE, LFW_SIZE), Image.Resampling.BILINEAR)
+    return prepare(small, IMAGE_SIZE)
+
+
+def random_crops(pictures: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
+    """n square crops of random size and place from the pictures, as uint8 [n, 64, 64, 3]."""
+    out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    for i in range(n):
+        pic = Image.fromarray(pictures[rng.integers(len(pictures))])
+        w, h = pic.size
+        side = int(rng.integers(min(24, w, h), min(w, h) + 1))  # from small details to the whole picture
+        x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+        out[i] = _low_res(pic.crop((x, y, x + side, y + side)))
+    return out
+
+
+def build_builtin(path: Path, extra_non_faces: int = 1400, seed: int = 0) -> Path:
+    import skimage.data
+
+    lfw = np.asarray(skimage.data.lfw_subset())  # [200, 25, 25], faces first
+    lfw = (np.clip(lfw, 0, 1) * 255).round().astype(np.uint8) if lfw.dtype != np.uint8 else lfw
+    lfw_rgb = np.stack([prepare(Image.fromarray(a, "L")) for a in lfw])
+    crops = random_crops(_natural_pictures(), extra_non_faces, np.random.default_rng(seed))
+    labels = np.r_[np.ones(100), np.zeros(100 + extra_non_faces)]
+    with H5Writer(path) as w:
+        w.append(np.concatenate([lfw_rgb, crops]), labels)
+    return path
+
+
+def builtin_path(cache_dir: Path, extra_non_faces: int, seed: int) -> Path:
+    path = cache_dir / f"builtin-v{BUILTIN_VERSION}-{extra_non_faces}-{seed}.h5"
+    if not path.is_file():
+        build_builtin(path, extra_non_faces, seed)
+    return path
