@@ -14,7 +14,11 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+import torch.distributed
+
+from training import distributed
 from training.config import TrainConfig
+from training.distributed import Dist
 from training.data.h5 import DataError
 from training.data.sources import open_source, stratified_split
 
@@ -59,30 +63,50 @@ def existing_entries(out_dir: Path, keep: list[str]) -> dict:
     return {k: v for k, v in old.items() if k not in keep and all((out_dir / g).is_file() for g in v["graphs"].values())}
 
 
-def run(cfg: TrainConfig) -> dict:
+def open_data(cfg: TrainConfig, world: Dist):
+    """Rank 0 opens first, so a built-in or folder cache is built once, not by every rank at a time."""
+    def _open():
+        return open_source(cfg.source, h5=cfg.h5, faces=cfg.faces, non_faces=cfg.non_faces,
+                           cache_dir=cfg.cache_dir, builtin_non_faces=cfg.builtin_non_faces, seed=cfg.seed)
+
+    source = _open() if world.is_main else None
+    world.barrier()
+    return source if source is not None else _open()
+
+
+def run(cfg: TrainConfig) -> dict | None:
+    """Train, export and evaluate; under torchrun only rank 0 exports and returns the manifest."""
     from training.evaluate import evaluate_models, format_table
     from training.export import export_cnn, export_dbvae, write_manifest
     from training.train import train_model
 
-    source = open_source(cfg.source, h5=cfg.h5, faces=cfg.faces, non_faces=cfg.non_faces, cache_dir=cfg.cache_dir,
-                         builtin_non_faces=cfg.builtin_non_faces, seed=cfg.seed)
-    if getattr(source, "skipped", 0):
-        log.warning("skipped %d unreadable image file(s)", source.skipped)
-    train_idx, val_idx = stratified_split(source.labels, cfg.val_fraction, cfg.seed)
-    data = data_summary(cfg, source, train_idx, val_idx)
-    log.info("data: %s", json.dumps({k: data[k] for k in ("source", "train", "val")}))
-
-    out_dir = Path(cfg.out_dir)
-    entries = existing_entries(out_dir, cfg.model_list)
-    latent_dim, image_size = cfg.latent_dim, 64
-    for kind in cfg.model_list:
-        model, result = train_model(kind, cfg, source, train_idx, val_idx)
-        exported = export_cnn(model, out_dir) if kind == "cnn" else export_dbvae(model, out_dir)
-        log.info("%s exported, ONNX Runtime vs PyTorch max abs error %.1e", kind, exported["parity_max_abs_error"])
-        entries[kind] = {**exported, "threshold": cfg.threshold,
-                         "metrics": {"val_torch": result["val"], "history": result["history"]}}
-        image_size = model.cfg.image_size
-    manifest = write_manifest(out_dir, entries, latent_dim, image_size, data, cfg.to_dict())
+    world = distributed.from_environment()
+    device = distributed.device_for(world, cfg.device)
+    distributed.init(world, device, cfg.dist_timeout)
+    try:
+        source = open_data(cfg, world)
+        if getattr(source, "skipped", 0):
+            log.warning("skipped %d unreadable image file(s)", source.skipped)
+        train_idx, val_idx = stratified_split(source.labels, cfg.val_fraction, cfg.seed)
+        data = data_summary(cfg, source, train_idx, val_idx)
+        log.info("data: %s%s", json.dumps({k: data[k] for k in ("source", "train", "val")}),
+                 f" | {world.world} processes, {device}" if world.enabled else "")
+        out_dir = Path(cfg.out_dir)
+        entries = existing_entries(out_dir, cfg.model_list) if world.is_main else {}
+        for kind in cfg.model_list:
+            model, result = train_model(kind, cfg, source, train_idx, val_idx, world, device)
+            if world.is_main:
+                exported = export_cnn(model, out_dir) if kind == "cnn" else export_dbvae(model, out_dir)
+                log.info("%s exported, ONNX Runtime vs PyTorch max abs error %.1e", kind,
+                         exported["parity_max_abs_error"])
+                entries[kind] = {**exported, "threshold": cfg.threshold,
+                                 "metrics": {"val_torch": result["val"], "history": result["history"]}}
+            world.barrier()
+    finally:
+        distributed.shutdown()
+    if not world.is_main:
+        return None
+    manifest = write_manifest(out_dir, entries, cfg.latent_dim, 64, data, {**cfg.to_dict(), "processes": world.world})
 
     # Evaluate the exported files themselves (ONNX Runtime), as the service will run them.
     evaluation = evaluate_models(out_dir, manifest, source, val_idx)
@@ -97,7 +121,7 @@ def run(cfg: TrainConfig) -> dict:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO if distributed.from_environment().is_main else logging.WARNING)
     args = build_parser().parse_args(argv)
     try:
         cfg = TrainConfig(**vars(args))
@@ -105,6 +129,14 @@ def main(argv=None) -> int:
     except (DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except (torch.distributed.DistError, RuntimeError) as exc:
+        if not distributed.from_environment().enabled:
+            raise
+        # Under torchrun a peer that died or a collective that timed out surfaces here, on every rank.
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: distributed training stopped: another process failed or timed out ({first}); "
+              f"rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("interrupted: the last completed epoch is in the checkpoint (--resume continues)", file=sys.stderr)
         return 130

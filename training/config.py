@@ -45,7 +45,9 @@ class TrainConfig:
     weight_decay: float = opt(1e-4, "Adam L2 weight decay")
     kl_weight: float = opt(5e-4, "c in  c * KL + L1")
     workers: int = opt(0, "DataLoader worker processes reading images; 0 reads in the training process")
-    device: str = opt("auto", "auto | cpu | cuda")
+    device: str = opt("auto", "auto | cpu | cuda (under torchrun: the local rank's GPU)")
+    dist_timeout: float = opt(1800.0, "seconds a collective may wait under torchrun before the run fails "
+                                      "(covers rank 0 converting a folder source while the others wait)")
 
     # --- adaptive resampling (DB-VAE) -------------------------------------------------------
     hist_bins: int = opt(10, "histogram bins per latent dimension")

@@ -28,26 +28,33 @@ def bin_counts(idx: torch.Tensor, bins: int) -> torch.Tensor:
     return counts.scatter_add_(1, idx.T, torch.ones(d, n, dtype=torch.float64, device=idx.device))
 
 
-def probabilities_from_counts(idx: torch.Tensor, counts: torch.Tensor, width: torch.Tensor,
-                              smoothing: float) -> torch.Tensor:
-    """Sampling probability [N] from bin indices [N, D], counts [D, bins] and bin widths [D]."""
-    n_total = counts.sum(1, keepdim=True)  # [D, 1]
-    density = counts / (n_total * width.to(counts.dtype).unsqueeze(1))  # [D, bins], integrates to 1
+def _identity(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    return t
+
+
+def sampling_probabilities(mu: torch.Tensor, bins: int = 10, smoothing: float = 1e-3,
+                           all_reduce=_identity) -> torch.Tensor:
+    """Latent means [N, D] of the training faces -> sampling probability per face [N].
+
+    With `all_reduce` (e.g. Dist.all_reduce), `mu` is this process's shard and the result is each of its
+    faces' probability under the *global* distribution: edges, bin counts and normalisers are reduced
+    across processes, so the probabilities equal those one process computes over all faces."""
+    mu = mu.detach().double()
+    d = mu.shape[1]
+    lo = all_reduce(mu.min(0).values if len(mu) else torch.full((d,), torch.inf, dtype=mu.dtype), "min")
+    hi = all_reduce(mu.max(0).values if len(mu) else torch.full((d,), -torch.inf, dtype=mu.dtype), "max")
+    width = ((hi - lo) / bins).clamp_min(torch.finfo(mu.dtype).tiny)  # [D]
+    idx = histogram_bins(mu, bins, lo, hi)  # [n, D]
+    counts = all_reduce(bin_counts(idx, bins), "sum")  # [D, bins], over all faces
+    density = counts / (counts.sum(1, keepdim=True) * width.unsqueeze(1))  # [D, bins], integrates to 1
     smoothed = density + smoothing
     smoothed = smoothed / smoothed.sum(1, keepdim=True)
-    weights = 1.0 / torch.gather(smoothed, 1, idx.T)  # [D, N]: rare bin -> large weight
-    weights = weights / weights.sum(1, keepdim=True)  # normalised per dimension
-    p = weights.max(0).values  # [N]: a face rare in any dimension is rare
-    return (p / p.sum()).to(torch.float64)
-
-
-def sampling_probabilities(mu: torch.Tensor, bins: int = 10, smoothing: float = 1e-3) -> torch.Tensor:
-    """Latent means [N, D] of all training faces -> sampling probability per face [N], summing to 1."""
-    mu = mu.detach().double()
-    lo, hi = mu.min(0).values, mu.max(0).values
-    idx = histogram_bins(mu, bins, lo, hi)
-    width = ((hi - lo) / bins).clamp_min(torch.finfo(mu.dtype).tiny)
-    return probabilities_from_counts(idx, bin_counts(idx, bins), width, smoothing)
+    # Per-dimension normaliser: sum over all faces of 1 / smoothed density of their bin.
+    norm = (counts / smoothed).sum(1, keepdim=True)  # [D, 1]
+    weights = 1.0 / torch.gather(smoothed, 1, idx.T) / norm  # [D, n]: rare bin -> large weight
+    p = weights.max(0).values  # [n]: a face rare in any dimension is rare
+    total = all_reduce(p.sum().reshape(1), "sum")
+    return p / total
 
 
 def distribution_stats(p: torch.Tensor) -> dict[str, float]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -21,19 +22,12 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data.h5 import H5Source
 from training.data.image import to_model_input
+from training.distributed import Dist
 from training.metrics import binary_metrics
 from training.model import DBVAE, ModelConfig, build_model, cnn_loss, dbvae_loss
 from training.resampling import distribution_stats, sampling_probabilities
 
 log = logging.getLogger(__name__)
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but PyTorch sees no CUDA device")
-    return torch.device(name)
 
 
 class BatchReader(Dataset):
@@ -84,22 +78,37 @@ def predict(model, source: H5Source, indices: np.ndarray, device, batch: int = 2
 
 
 def epoch_batches(rng: np.random.Generator, faces: np.ndarray, non_faces: np.ndarray, p_faces: np.ndarray,
-                  steps: int, batch: int) -> list[np.ndarray]:
+                  steps: int, batch: int, world: Dist = Dist()) -> list[np.ndarray]:
+    """Index batches: half faces drawn with p_faces, half non-faces drawn uniformly. Every rank draws the
+    same global batches (same seed) and keeps its 1/world of each half, so N processes see exactly the
+    batches one process would, split N ways."""
     half = batch // 2
-    f = rng.choice(faces, size=(steps, half), replace=True, p=p_faces)
+    f = rng.choice(faces, size=(steps, half), replace=True, p=p_faces)  # [steps, B/2]
     n = rng.choice(non_faces, size=(steps, batch - half), replace=True)
-    return list(np.concatenate([f, n], axis=1))
+    r, w = world.rank, world.world
+    return list(np.concatenate([f[:, r::w], n[:, r::w]], axis=1))  # [steps, B/world]
 
 
-def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray,
-                val_idx: np.ndarray) -> tuple[torch.nn.Module, dict]:
-    """Train one model; -> (model in eval mode, {"history": [...], "val": metrics, "resampling": [...]})."""
-    device = select_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, val_idx: np.ndarray,
+                world: Dist = Dist(), device: torch.device | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train one model; -> (model in eval mode, {"history": [...], "val": metrics}).
+
+    Under torchrun every rank runs this; rank 0 alone validates, logs and writes checkpoints. Batch norm
+    stays per rank (no SyncBatchNorm): each rank normalises over its own B/world images, which for the
+    default 32 per rank is plenty, and it saves a collective per layer per step."""
+    device = device or torch.device("cpu")
+    if cfg.batch_size % (2 * world.world):
+        raise ValueError(f"--batch-size {cfg.batch_size} must split into equal face and non-face halves "
+                         f"over {world.world} processes (a multiple of {2 * world.world})")
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     rng = np.random.default_rng(cfg.seed + (0 if kind == "cnn" else 1))
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    model = build_model(kind, ModelConfig(latent_dim=cfg.latent_dim, dropout=cfg.dropout, front_end=cfg.model_front_end)).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * world.rank)  # own augmentations
+    net = build_model(kind, ModelConfig(latent_dim=cfg.latent_dim, dropout=cfg.dropout,
+                                        front_end=cfg.model_front_end)).to(device)
+    model = net
+    if world.enabled:
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.steps_per_epoch or math.ceil(len(train_idx) / cfg.batch_size)
     total_steps = cfg.epochs * steps
     ckpt_path = Path(cfg.checkpoint_dir) / f"{kind}.pt"
@@ -107,11 +116,11 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
     history, start = [], 0
     if cfg.resume and ckpt_path.is_file():
         resumed, ckpt = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(resumed.state_dict())
+        net.load_state_dict(resumed.state_dict())
         opt.load_state_dict(ckpt["optimizer_state"])
         history, start = ckpt["history"], ckpt["epoch"]
         rng = np.random.default_rng([cfg.seed, start])
-        gen.manual_seed(cfg.seed + start)
+        gen.manual_seed(cfg.seed + 1000 * world.rank + start)
         log.info("resumed %s from %s at epoch %d", kind, ckpt_path, start)
 
     labels = source.labels
@@ -120,16 +129,22 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
     for epoch in range(start, cfg.epochs):
         record: dict = {"epoch": epoch + 1}
         if kind == "dbvae":
-            _, mu = predict(model, source, faces, device, cfg.resample_batch, cfg.workers, with_mu=True)
-            p = sampling_probabilities(mu, cfg.hist_bins, cfg.smoothing).numpy()
+            # Each rank encodes its shard of the faces; histograms are combined across ranks, so p is
+            # the distribution one process would compute over all faces.
+            _, mu = predict(net, source, world.shard(faces), device, cfg.resample_batch, cfg.workers,
+                            with_mu=True)
+            p_shard = sampling_probabilities(mu.to(device), cfg.hist_bins, cfg.smoothing, world.all_reduce)
+            p = world.all_gather_cat(p_shard).cpu().numpy()
+            p = p / p.sum()  # float64 round-off only: rng.choice wants an exact sum of 1
             record["resampling"] = distribution_stats(torch.from_numpy(p))
         else:
             p = np.full(len(faces), 1.0 / len(faces))
         model.train()
         sums: dict[str, float] = {}
-        loader = batches_of(source, epoch_batches(rng, faces, non_faces, p, steps, cfg.batch_size), cfg.workers)
-        bar = tqdm(loader, total=steps, desc=f"{kind} {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False)
+        batches = epoch_batches(rng, faces, non_faces, p, steps, cfg.batch_size, world)
+        loader = batches_of(source, batches, cfg.workers)
+        bar = tqdm(loader, total=steps, desc=f"{kind} {epoch + 1}/{cfg.epochs}",
+                   disable=not (cfg.progress and world.is_main), leave=False)
         for step, (images, y) in enumerate(bar):
             if cfg.lr_schedule == "cosine":
                 done = (epoch * steps + step) / total_steps
@@ -150,18 +165,24 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
                 if k in losses:
                     sums[k] = sums.get(k, 0.0) + losses[k].item()
             bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
-        record.update({k: v / steps for k, v in sums.items()})
-        prob = predict(model, source, val_idx, device, cfg.resample_batch, cfg.workers)
+        keys = sorted(sums)
+        mean = world.all_reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device))
+        record.update({k: float(v) / steps / world.world for k, v in zip(keys, mean)})
+        history.append(record)
+        if not world.is_main:
+            world.barrier()  # rank 0 validates and checkpoints meanwhile
+            continue
+        prob = predict(net, source, val_idx, device, cfg.resample_batch, cfg.workers)
         val = binary_metrics(labels[val_idx], prob, cfg.threshold)
         record["val"] = val
-        history.append(record)
         extra = ""
         if "resampling" in record:
             r = record["resampling"]
             extra = f" | resampling max/min {r['max_min_ratio']:.1f}, ESS {r['ess_fraction']:.2f}"
         log.info("%s epoch %d/%d loss %.4f val balanced acc %.3f auc %.3f%s", kind, epoch + 1, cfg.epochs,
                  record["loss"], val["balanced_accuracy"], val["roc_auc"], extra)
-        save_checkpoint(ckpt_path, kind, model, opt, cfg, epoch + 1, history, {"val": val})
-    if not val and history:
+        save_checkpoint(ckpt_path, kind, net, opt, cfg, epoch + 1, history, {"val": val})
+        world.barrier()
+    if not val and history and "val" in history[-1]:
         val = history[-1]["val"]
-    return model.eval(), {"history": history, "val": val}
+    return net.eval(), {"history": history, "val": val}
