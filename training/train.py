@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,7 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
     val = {}
     for epoch in range(start, cfg.epochs):
         record: dict = {"epoch": epoch + 1}
+        t0 = time.perf_counter()
         if kind == "dbvae":
             # Each rank encodes its shard of the faces; histograms are combined across ranks, so p is
             # the distribution one process would compute over all faces.
@@ -139,6 +141,7 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
             record["resampling"] = distribution_stats(torch.from_numpy(p))
         else:
             p = np.full(len(faces), 1.0 / len(faces))
+        t1 = time.perf_counter()
         model.train()
         sums: dict[str, float] = {}
         batches = epoch_batches(rng, faces, non_faces, p, steps, cfg.batch_size, world)
@@ -165,6 +168,10 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
                 if k in losses:
                     sums[k] = sums.get(k, 0.0) + losses[k].item()
             bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+        t2 = time.perf_counter()
+        # Seconds on this rank (rank 0's are recorded); training images/s counts all ranks' images.
+        record["seconds"] = {"resample": t1 - t0, "train": t2 - t1}
+        record["train_images_per_s"] = steps * cfg.batch_size / (t2 - t1)
         keys = sorted(sums)
         mean = world.all_reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device))
         record.update({k: float(v) / steps / world.world for k, v in zip(keys, mean)})

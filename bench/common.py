@@ -1,0 +1,103 @@
+"""What every benchmark shares: the machine it ran on, a latency summary, a printed table, a JSON result.
+
+Benchmarks are not tests: they print numbers for a human and keep them in bench/results/ so a later run on
+another machine can be compared. Each result states the machine and how busy it was, because a number from a
+loaded 2-core box and one from a quiet server are not the same number.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return None
+
+
+def machine(threads: int | None = None) -> dict:
+    """The machine, the libraries and how loaded the CPU was when the run started."""
+    import onnxruntime as ort
+
+    info = {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "numpy": np.__version__, "onnxruntime": ort.__version__,
+            "ort_providers": ort.get_available_providers(), "load_average_1min_at_start": load_average(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:
+        info["torch"] = None
+    if threads is not None:
+        info["threads"] = threads
+    return info
+
+
+def load_note(info: dict) -> str:
+    """A one-line warning when other work was competing for the CPU (load >= half the cores)."""
+    la, cores = info.get("load_average_1min_at_start"), info.get("logical_cores") or 1
+    if la is not None and la >= 0.5 * cores:
+        return (f"NOTE: 1-min load average was {la:.2f} on {cores} cores at the start: other processes shared "
+                f"the CPU, so absolute numbers are pessimistic and noisier than on a quiet machine.")
+    return ""
+
+
+def time_calls(fn, seconds: float, min_calls: int = 5, max_calls: int = 10_000, warmup: int = 3) -> np.ndarray:
+    """Call fn() repeatedly for about `seconds` (at least min_calls times) -> per-call wall times in s."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return np.asarray(times)
+
+
+def latency_summary(times: np.ndarray, items_per_call: int) -> dict:
+    return {"calls": int(len(times)), "p50_ms": float(np.percentile(times, 50) * 1e3),
+            "p99_ms": float(np.percentile(times, 99) * 1e3), "mean_ms": float(times.mean() * 1e3),
+            "images_per_s": float(items_per_call * len(times) / times.sum()),
+            "images_per_s_p50": float(items_per_call / np.percentile(times, 50))}
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+    """rows of dicts -> a fixed-width text table; columns are (key, header, format spec)."""
+    cells = [[h for _, h, _ in columns]]
+    for r in rows:
+        cells.append([("" if r.get(k) is None else format(r[k], f)) for k, _, f in columns])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_result(name: str, result: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return path

@@ -1,0 +1,101 @@
+"""Data-parallel training throughput: the same DB-VAE / CNN training run with 1 and 2 processes
+(torchrun, gloo on CPU; NCCL where GPUs are given) on synthetic 64x64 data in the lab layout.
+
+    python bench/ddp.py                      # 1 vs 2 processes, 110k images (the lab file's order of size)
+    python bench/ddp.py --images 20000 --steps 20
+
+Synthetic pixels (no accuracy is measured, only images per second); the resampling pass, which
+encodes every training face, is timed apart from the training steps. Prints a table and writes
+bench/results/ddp.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from training.data.h5 import H5Writer  # noqa: E402
+
+
+def synthetic_h5(path: Path, n: int, seed: int = 0) -> Path:
+    """n random uint8 images, half labelled face, in chunks (never n images in memory at once)."""
+    rng = np.random.default_rng(seed)
+    with H5Writer(path) as w:
+        for start in range(0, n, 4096):
+            k = min(4096, n - start)
+            w.append(rng.integers(0, 256, (k, 64, 64, 3), dtype=np.uint8), (np.arange(start, start + k) % 2))
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(procs: int, h5: Path, model: str, steps: int, batch: int, threads: int, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--rdzv-backend=c10d",
+           f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "training", "--source", "h5", "--h5", str(h5),
+           "--models", model, "--epochs", "1", "--steps-per-epoch", str(steps), "--batch-size", str(batch),
+           "--val-fraction", "0.01", "--out-dir", str(out / "models"), "--checkpoint-dir", str(out / "ckpt"),
+           "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+    t = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{procs}-process run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    record = torch.load(out / "ckpt" / f"{model}.pt", weights_only=False)["history"][-1]
+    return {"processes": procs, "model": model, "threads_per_process": threads, "wall_s": time.perf_counter() - t,
+            "train_s": record["seconds"]["train"], "resample_s": record["seconds"]["resample"],
+            "train_images_per_s": record["train_images_per_s"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=110_000)
+    ap.add_argument("--steps", type=int, default=40, help="training steps timed per run")
+    ap.add_argument("--batch", type=int, default=64, help="global batch size (the same for 1 and 2 processes)")
+    ap.add_argument("--models", default="cnn,dbvae")
+    args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        h5 = synthetic_h5(Path(tmp) / "synthetic.h5", args.images)
+        for model in args.models.split(","):
+            for procs in (1, 2):
+                # The same cores either way: one process with all threads, or the threads split between two.
+                rows.append(run(procs, h5, model, args.steps, args.batch, max(1, cores // procs),
+                                Path(tmp) / f"{model}-{procs}"))
+    for r in rows:
+        base = next(b for b in rows if b["model"] == r["model"] and b["processes"] == 1)
+        r["speed_up"] = r["train_images_per_s"] / base["train_images_per_s"]
+        r["scaling_efficiency"] = r["speed_up"] / r["processes"]
+    machine = {"platform": platform.platform(), "cpu_count": cores, "torch": torch.__version__,
+               "cuda": torch.cuda.is_available(), "backend": "nccl" if torch.cuda.is_available() else "gloo"}
+    print(f"{'model':<6} {'procs':>5} {'threads':>7} {'train img/s':>12} {'speed-up':>9} {'efficiency':>10} "
+          f"{'resample s':>10}")
+    for r in rows:
+        print(f"{r['model']:<6} {r['processes']:>5} {r['threads_per_process']:>7} {r['train_images_per_s']:>12.0f} "
+              f"{r['speed_up']:>9.2f} {r['scaling_efficiency']:>10.2f} {r['resample_s']:>10.1f}")
+    print(f"machine: {machine}; {args.images} synthetic images, {args.steps} steps of global batch {args.batch}")
+    out = ROOT / "bench" / "results" / "ddp.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine, "settings": vars(args), "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""The model report: figures in reports/ drawn from the committed models and the training checkpoints.
+
+    python -m bench.report                                     # default models, their data's held-out split
+    python -m bench.report --faces ppb/ --non-faces neg/       # adds the per-group bar chart for that set
+
+Figures (each states the data it came from in its footer) and reports/report.md, which lists them:
+* training_curves.png — loss terms and validation metrics per epoch, CNN vs DB-VAE (checkpoint histories)
+* resampling.png      — how far the DB-VAE's sampling distribution was from uniform, per epoch, and the final one
+* sampled_most.png / sampled_least.png — the training faces the final DB-VAE draws most / least often
+  (probabilities recomputed with training.resampling over the training faces, as at the start of an epoch)
+* roc.png             — ROC curves of the exported ONNX models on the validation split
+* reconstructions.png — validation faces and their DB-VAE reconstructions (ONNX encoder mu -> decoder)
+* morph.png           — a latent walk between two validation faces, as the service's /morph does it:
+                        mu_a + t (mu_b - mu_a), t in linspace(0, 1, steps), decoded by the ONNX decoder
+* groups.png          — face accuracy per group, CNN vs DB-VAE, when a group-labelled folder set is given
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import roc_curve  # noqa: E402
+
+from training.checkpoint import load_checkpoint  # noqa: E402
+from training.config import default_cache_dir  # noqa: E402
+from training.data.image import to_model_input  # noqa: E402
+from training.data.sources import open_source, stratified_split  # noqa: E402
+from training.evaluate import CLASSIFIER_GRAPH, evaluate_models, load_manifest  # noqa: E402
+from training.metrics import binary_metrics  # noqa: E402
+from training.resampling import sampling_probabilities  # noqa: E402
+from training.train import predict  # noqa: E402
+
+COLOURS = {"cnn": "tab:blue", "dbvae": "tab:orange"}
+
+
+def save(fig, out: Path, name: str, footer: str) -> Path:
+    """Every figure carries where its data came from."""
+    fig.text(0.01, 0.005, footer, fontsize=7, color="0.3", ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    path = out / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+def session(path: Path) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def image_grid(ax, images: np.ndarray, cols: int, captions: list[str] | None = None) -> None:
+    """uint8 or float [N, 64, 64, 3] -> one mosaic on ax, with optional per-tile captions."""
+    images = images.astype(np.float32) / 255.0 if images.dtype == np.uint8 else images
+    n, s = len(images), images.shape[1]
+    rows = int(np.ceil(n / cols))
+    canvas = np.ones((rows * (s + 2), cols * (s + 2), 3), np.float32)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        canvas[r * (s + 2):r * (s + 2) + s, c * (s + 2):c * (s + 2) + s] = im
+        if captions:
+            ax.text(c * (s + 2) + 2, r * (s + 2) + s - 3, captions[i], fontsize=6, color="yellow",
+                    bbox={"facecolor": "black", "alpha": 0.5, "pad": 0.5, "lw": 0})
+    ax.imshow(np.clip(canvas, 0, 1))
+    ax.axis("off")
+
+
+def training_curves(histories: dict, out: Path, footer: str) -> Path:
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.4))
+    for kind, hist in histories.items():
+        ep = [h["epoch"] for h in hist]
+        style = {"color": COLOURS[kind], "label": kind.upper()}
+        axes[0].plot(ep, [h["loss"] for h in hist], **style)
+        axes[1].plot(ep, [h["bce"] for h in hist], **style)
+        axes[3].plot(ep, [h["val"]["balanced_accuracy"] for h in hist], **style)
+        axes[3].plot(ep, [h["val"]["roc_auc"] for h in hist], ls="--", color=COLOURS[kind], label=f"{kind.upper()} AUC")
+    if "dbvae" in histories:
+        hist = histories["dbvae"]
+        ep = [h["epoch"] for h in hist]
+        axes[2].plot(ep, [h["recon"] for h in hist], color="tab:green", label="L1 reconstruction")
+        kl_ax = axes[2].twinx()
+        kl_ax.plot(ep, [h["kl"] for h in hist], color="tab:red", label="KL (right axis)")
+        kl_ax.set_ylabel("KL")
+        axes[2].legend(handles=axes[2].get_lines() + kl_ax.get_lines(), fontsize=7)
+    for ax, title in zip(axes, ["total training loss", "classification (BCE)", "DB-VAE: VAE terms (faces)",
+                                "validation: balanced accuracy, ROC AUC"]):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+    axes[0].set_yscale("log")
+    axes[1].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    axes[3].legend(fontsize=7)
+    return save(fig, out, "training_curves.png", footer)
+
+
+def resampling_figure(hist: list[dict], p: np.ndarray, out: Path, footer: str) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    ep = [h["epoch"] for h in hist if "resampling" in h]
+    stats = [h["resampling"] for h in hist if "resampling" in h]
+    axes[0].plot(ep, [s["max_min_ratio"] for s in stats], marker=".")
+    axes[0].set_title("max / min sampling probability", fontsize=10)
+    axes[1].plot(ep, [s["ess_fraction"] for s in stats], marker=".", label="effective sample size / N")
+    axes[1].plot(ep, [s["max_over_uniform"] for s in stats], marker=".", label="max probability x N")
+    axes[1].axhline(1.0, color="0.6", lw=0.8, ls=":")
+    axes[1].set_title("distance from uniform (1 = uniform)", fontsize=10)
+    axes[1].legend(fontsize=7)
+    for ax in axes[:2]:
+        ax.set_xlabel("epoch (probabilities computed at its start)")
+    axes[2].hist(p * len(p), bins=30, color="tab:orange")
+    axes[2].axvline(1.0, color="k", lw=0.8, ls=":", label="uniform")
+    axes[2].set_xlabel("sampling probability x number of training faces")
+    axes[2].set_ylabel("training faces")
+    axes[2].set_title("final DB-VAE: distribution over training faces", fontsize=10)
+    axes[2].legend(fontsize=7)
+    return save(fig, out, "resampling.png", footer)
+
+
+def faces_grid(images: np.ndarray, p: np.ndarray, title: str, out: Path, name: str, footer: str) -> Path:
+    fig, ax = plt.subplots(figsize=(8, int(np.ceil(len(images) / 8)) + 1.2))  # square tiles + title + footer
+    image_grid(ax, images, 8, [f"{v:.2f}x" for v in p])
+    ax.set_title(title, fontsize=10)
+    return save(fig, out, name, footer)
+
+
+def roc_figure(models_dir: Path, manifest: dict, images: np.ndarray, y: np.ndarray, out: Path, footer: str) -> Path:
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    for kind, entry in manifest["models"].items():
+        sess = session(models_dir / entry["graphs"][CLASSIFIER_GRAPH[kind]])
+        logit = sess.run([sess.get_outputs()[0].name], {"image": to_model_input(images)})[0].astype(np.float64)
+        prob = 1 / (1 + np.exp(-logit))
+        m = binary_metrics(y, prob, float(entry.get("threshold", 0.5)))
+        fpr, tpr, _ = roc_curve(y, prob)
+        ax.plot(fpr, tpr, color=COLOURS.get(kind), label=f"{kind.upper()}: AUC {m['roc_auc']:.3f}, "
+                                                         f"bal. acc {m['balanced_accuracy']:.3f}")
+    ax.plot([0, 1], [0, 1], color="0.7", ls=":", lw=0.8)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (face recall)")
+    ax.set_title("ROC on the validation split (ONNX)", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    return save(fig, out, "roc.png", footer)
+
+
+def reconstructions(enc, dec, faces: np.ndarray, out: Path, footer: str) -> Path:
+    _, mu, _ = enc.run(["logit", "mu", "logvar"], {"image": to_model_input(faces)})
+    recon = dec.run(["image"], {"z": mu})[0].transpose(0, 2, 3, 1)  # decode the mean: no sampling noise
+    pairs = [im for pair in zip(faces.astype(np.float32) / 255.0, recon) for im in pair]
+    fig, ax = plt.subplots(figsize=(9, 9 * int(np.ceil(len(pairs) / 8)) / 8 + 1.2))
+    image_grid(ax, np.stack(pairs), 8)
+    ax.set_title("validation faces (left of each pair) and DB-VAE reconstructions decode(mu) (right)", fontsize=10)
+    return save(fig, out, "reconstructions.png", footer)
+
+
+def morph(enc, dec, a: np.ndarray, b: np.ndarray, steps: int, out: Path, footer: str) -> Path:
+    _, mu, _ = enc.run(["logit", "mu", "logvar"], {"image": to_model_input(np.stack([a, b]))})
+    t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
+    z = mu[0:1] + t * (mu[1:2] - mu[0:1])  # same interpolation as the service's /morph
+    frames = dec.run(["image"], {"z": z.astype(np.float32)})[0].transpose(0, 2, 3, 1)
+    strip = np.concatenate([a[None].astype(np.float32) / 255.0, frames, b[None].astype(np.float32) / 255.0])
+    fig, ax = plt.subplots(figsize=(1.1 * len(strip), 1.9))
+    image_grid(ax, strip, len(strip), ["input A"] + [f"t={v:.2f}" for v in t[:, 0]] + ["input B"])
+    ax.set_title(f"latent morph A -> B: decode(mu_A + t (mu_B - mu_A)), {steps} steps (ONNX encoder/decoder)",
+                 fontsize=10)
+    return save(fig, out, "morph.png", footer)
+
+
+def groups_figure(result: dict, out: Path, footer: str) -> Path | None:
+    """Face accuracy (recall) per group, CNN vs DB-VAE, with the best-worst gap in the legend."""
+    per = {k: m["per_group"] for k, m in result["models"].items() if "per_group" in m}
+    if not per:
+        return None
+    groups = sorted({g for pg in per.values() for g in pg["groups"]})
+    fig, ax = plt.subplots(figsize=(2.5 + 1.2 * len(groups), 3.8))
+    width = 0.8 / len(per)
+    for i, (kind, pg) in enumerate(per.items()):
+        xs = np.arange(len(groups)) + (i - (len(per) - 1) / 2) * width
+        ax.bar(xs, [pg["groups"].get(g, {}).get("accuracy", np.nan) for g in groups], width,
+               color=COLOURS.get(kind), label=f"{kind.upper()} (gap {pg['gap']:.3f})")
+    ax.set_xticks(np.arange(len(groups)),
+                  [f"{g}\nn={next(iter(per.values()))['groups'].get(g, {}).get('n', 0)}" for g in groups])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("face accuracy (recall)")
+    ax.set_title("Face accuracy per group", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    return save(fig, out, "groups.png", footer)
+
+
+def run(args) -> list[tuple[str, Path]]:
+    out, models_dir, ckpts = Path(args.out), Path(args.models_dir), Path(args.checkpoints)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = load_manifest(models_dir)
+    data = manifest["data"]
+    src_name = data.get("source", "builtin")
+    source = open_source(src_name, h5=data.get("path", "") if src_name == "h5" else "", faces=data.get("faces", ""),
+                         non_faces=data.get("non_faces", ""), cache_dir=args.cache_dir,
+                         builtin_non_faces=data.get("builtin_non_faces", 900), seed=data.get("seed", 0))
+    train_idx, val_idx = stratified_split(source.labels, data.get("val_fraction", 0.2), data.get("seed", 0))
+    versions = ", ".join(f"{k} {e['version']}" for k, e in manifest["models"].items())
+    data_line = (f"data: source '{src_name}' (seed {data.get('seed', 0)}, val fraction {data.get('val_fraction', 0.2)})"
+                 f"; models: {versions} (manifest {manifest['created']})")
+    ckpt = {k: load_checkpoint(ckpts / f"{k}.pt") for k in ("cnn", "dbvae") if (ckpts / f"{k}.pt").is_file()}
+    figures = []
+    hist_line = "; ".join(f"{k}: {len(c['history'])} epochs" for k, (_, c) in ckpt.items())
+    figures.append(("Training curves", training_curves({k: c["history"] for k, (_, c) in ckpt.items()}, out,
+                    f"From the checkpoint histories in {ckpts}/ ({hist_line}); training-batch losses, validation "
+                    f"metrics on the held-out split. {data_line}")))
+
+    train_faces = train_idx[source.labels[train_idx] == 1]
+    if "dbvae" in ckpt:
+        model, c = ckpt["dbvae"]
+        _, mu = predict(model, source, train_faces, torch.device("cpu"), with_mu=True)
+        tc = c["train_config"]
+        p = sampling_probabilities(mu, tc.get("hist_bins", 10), tc.get("smoothing", 1e-3)).numpy()
+        foot = (f"Training split faces ({len(train_faces)}), probabilities recomputed with the final DB-VAE checkpoint "
+                f"(epoch {c['epoch']}) as at the start of an epoch. {data_line}")
+        figures.append(("Resampling distribution", resampling_figure(c["history"], p, out, foot)))
+        order = np.argsort(p)
+        k = min(args.grid, len(order) // 2)
+        for name, sel, what in (("sampled_most.png", order[::-1][:k], "most"), ("sampled_least.png", order[:k], "least")):
+            figures.append((f"Training faces sampled {what}", faces_grid(
+                source.read(train_faces[sel]), p[sel] * len(p),
+                f"{k} training faces the DB-VAE samples {what} often (probability x N; 1.00x = uniform)",
+                out, name, foot)))
+
+    val_y = source.labels[val_idx]
+    val_images = source.read(val_idx)
+    val_line = f"Validation split: {len(val_idx)} images, {int(val_y.sum())} faces. {data_line}"
+    figures.append(("ROC curves", roc_figure(models_dir, manifest, val_images, val_y, out, val_line)))
+    if "dbvae" in manifest["models"]:
+        graphs = manifest["models"]["dbvae"]["graphs"]
+        enc, dec = session(models_dir / graphs["encoder"]), session(models_dir / graphs["decoder"])
+        faces = val_images[val_y == 1]
+        figures.append(("Reconstructions", reconstructions(enc, dec, faces[:args.grid], out,
+                                                            f"First {min(args.grid, len(faces))} faces of the "
+                                                            f"validation split. {data_line}")))
+        a, b = faces[args.morph[0] % len(faces)], faces[args.morph[1] % len(faces)]
+        figures.append(("Morph", morph(enc, dec, a, b, args.steps, out,
+                                       f"Validation faces #{args.morph[0]} and #{args.morph[1]} (in split order). "
+                                       f"{data_line}")))
+    if args.faces and args.non_faces:
+        user = open_source("folders", faces=args.faces, non_faces=args.non_faces, cache_dir=args.cache_dir)
+        result = evaluate_models(models_dir, manifest, user, np.arange(len(user)))
+        d = result["data"]
+        foot = (f"Folder set {args.faces} ({d['faces']} faces in group sub-folders) + {args.non_faces} "
+                f"({d['non_faces']} non-faces), every image; ONNX models {versions}.")
+        chart = groups_figure(result, out, foot)
+        if chart:
+            figures.append((f"Face accuracy per group ({args.faces})", chart))
+    write_index(out, figures, data_line)
+    return figures
+
+
+def write_index(out: Path, figures: list[tuple[str, Path]], data_line: str) -> None:
+    lines = ["# Model report", "", "Generated by `python -m bench.report` from the files in `models/` and `checkpoints/`; "
+             "every figure's footer says which data it shows.", "", f"_{data_line}_", ""]
+    for title, path in figures:
+        lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    print(f"wrote {out / 'report.md'}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", default="models")
+    ap.add_argument("--checkpoints", default="checkpoints")
+    ap.add_argument("--cache-dir", default=default_cache_dir())
+    ap.add_argument("--out", default="reports")
+    ap.add_argument("--grid", type=int, default=16, help="faces per grid")
+    ap.add_argument("--steps", type=int, default=8, help="morph steps (t from 0 to 1 inclusive)")
+    ap.add_argument("--morph", type=int, nargs=2, default=[0, 1], metavar=("A", "B"),
+                    help="indices of the two validation faces to morph between")
+    ap.add_argument("--faces", default="", help="optional group-labelled face folder (sub-folders = groups)")
+    ap.add_argument("--non-faces", default="", help="non-face folder to go with --faces")
+    run(ap.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
