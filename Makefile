@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= train,service,cpu,dev
 
-.PHONY: install train test serve evaluate readme-metrics clean
+.PHONY: install install-bench train test serve evaluate readme-metrics bench report clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,22 @@ serve: install
 
 evaluate: install
 	$(PY) -m training.evaluate $(ARGS)
+
+# Benchmarks also need OpenCV (Haar cascade baseline); kept out of the test environment.
+$(VENV)/.installed-bench: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[bench]"
+	touch $@
+
+install-bench: $(VENV)/.installed-bench
+
+bench: install-bench  ## benchmarks: tables printed, JSON in bench/results/ (a few minutes each)
+	$(PY) -m bench.inference
+	$(PY) -m bench.training
+	$(PY) -m bench.quality
+	$(PY) -m bench.ddp
+
+report: install-bench  ## model report: reports/*.png + reports/report.md from the committed models/
+	$(PY) -m bench.report
 
 readme-metrics: install  ## rewrite the README's metrics table from models/manifest.json
 	$(PY) -m training.evaluate --update-readme README.md

@@ -1,8 +1,9 @@
 """Data-parallel training throughput: the same DB-VAE / CNN training run with 1 and 2 processes
 (torchrun, gloo on CPU; NCCL where GPUs are given) on synthetic 64x64 data in the lab layout.
 
-    python bench/ddp.py                      # 1 vs 2 processes, 110k images (the lab file's order of size)
-    python bench/ddp.py --images 20000 --steps 20
+    python -m bench.ddp                      # 1 vs 2 processes, 110k images (the lab file's order of size)
+    python -m bench.ddp --images 20000 --steps 20
+    python -m bench.ddp --accuracy           # full default training on the built-in set, 1 vs 2 processes
 
 Synthetic pixels (no accuracy is measured, only images per second); the resampling pass, which
 encodes every training face, is timed apart from the training steps. Prints a table and writes
@@ -25,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from training.data.h5 import H5Writer
 
-from training.data.h5 import H5Writer  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def synthetic_h5(path: Path, n: int, seed: int = 0) -> Path:
@@ -64,13 +64,55 @@ def run(procs: int, h5: Path, model: str, steps: int, batch: int, threads: int, 
             "train_images_per_s": record["train_images_per_s"]}
 
 
+def accuracy_run(procs: int, out: Path) -> dict:
+    """The README's default training (built-in data, default global batch), on `procs` processes."""
+    common = ["-m", "training", "--out-dir", str(out / "models"), "--checkpoint-dir", str(out / "ckpt"),
+              "--no-progress"]
+    if procs == 1:
+        cmd = [sys.executable, *common]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--rdzv-backend=c10d",
+               f"--rdzv-endpoint=127.0.0.1:{free_port()}", *common]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs)), "PYTHONPATH": str(ROOT)}
+    t = time.perf_counter()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{procs}-process run failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    manifest = json.loads((out / "models" / "manifest.json").read_text())
+    return {"processes": procs, "wall_s": time.perf_counter() - t,
+            **{kind: {k: entry["metrics"]["val"][k] for k in ("balanced_accuracy", "roc_auc", "recall", "specificity")}
+               for kind, entry in manifest["models"].items()}}
+
+
+def accuracy(tolerance: float) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [accuracy_run(p, Path(tmp) / str(p)) for p in (1, 2)]
+    print(f"{'procs':>5} {'model':<6} {'bal. acc':>9} {'ROC AUC':>8} {'recall':>7} {'specif.':>8} {'wall s':>7}")
+    for r in rows:
+        for kind in ("cnn", "dbvae"):
+            m = r[kind]
+            print(f"{r['processes']:>5} {kind:<6} {m['balanced_accuracy']:>9.3f} {m['roc_auc']:>8.3f} "
+                  f"{m['recall']:>7.3f} {m['specificity']:>8.3f} {r['wall_s']:>7.0f}")
+    gaps = {kind: abs(rows[0][kind]["balanced_accuracy"] - rows[1][kind]["balanced_accuracy"]) for kind in ("cnn", "dbvae")}
+    verdict = all(g <= tolerance for g in gaps.values())
+    print(f"balanced-accuracy gap 1 vs 2 processes: {gaps} (tolerance {tolerance}): {'within' if verdict else 'OUTSIDE'}")
+    out = ROOT / "bench" / "results" / "ddp_accuracy.json"
+    out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                                           "torch": torch.__version__}, "tolerance": tolerance, "gaps": gaps,
+                               "within_tolerance": verdict, "rows": rows}, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=110_000)
     ap.add_argument("--steps", type=int, default=40, help="training steps timed per run")
     ap.add_argument("--batch", type=int, default=64, help="global batch size (the same for 1 and 2 processes)")
     ap.add_argument("--models", default="cnn,dbvae")
+    ap.add_argument("--accuracy", action="store_true", help="compare validation accuracy instead of throughput")
+    ap.add_argument("--tolerance", type=float, default=0.02, help="--accuracy: allowed balanced-accuracy gap")
     args = ap.parse_args()
+    if args.accuracy:
+        return accuracy(args.tolerance)
     cores = os.cpu_count() or 1
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -18,14 +18,7 @@ def histogram_bins(mu: torch.Tensor, bins: int, lo: torch.Tensor | None = None,
     lo = mu.min(0).values if lo is None else lo  # [D]
     hi = mu.max(0).values if hi is None else hi  # [D]
     width = ((hi - lo) / bins).clamp_min(torch.finfo(mu.dtype).tiny)  # [D]; a constant dimension -> 1 bin
-    return ((mu - lo) / width).floor().clamp(0, bins - 1).long()
-
-
-def bin_counts(idx: torch.Tensor, bins: int) -> torch.Tensor:
-    """[N, D] bin indices -> [D, bins] counts."""
-    n, d = idx.shape
-    counts = torch.zeros(d, bins, dtype=torch.float64, device=idx.device)
-    return counts.scatter_add_(1, idx.T, torch.ones(d, n, dtype=torch.float64, device=idx.device))
+    return (mu - lo).div_(width).floor_().clamp_(0, bins - 1).long()
 
 
 def _identity(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
@@ -40,19 +33,21 @@ def sampling_probabilities(mu: torch.Tensor, bins: int = 10, smoothing: float = 
     faces' probability under the *global* distribution: edges, bin counts and normalisers are reduced
     across processes, so the probabilities equal those one process computes over all faces."""
     mu = mu.detach().double()
-    d = mu.shape[1]
-    lo = all_reduce(mu.min(0).values if len(mu) else torch.full((d,), torch.inf, dtype=mu.dtype), "min")
-    hi = all_reduce(mu.max(0).values if len(mu) else torch.full((d,), -torch.inf, dtype=mu.dtype), "max")
+    n, d = mu.shape
+    lo = all_reduce(mu.min(0).values if n else torch.full((d,), torch.inf, dtype=mu.dtype), "min")
+    hi = all_reduce(mu.max(0).values if n else torch.full((d,), -torch.inf, dtype=mu.dtype), "max")
     width = ((hi - lo) / bins).clamp_min(torch.finfo(mu.dtype).tiny)  # [D]
-    idx = histogram_bins(mu, bins, lo, hi)  # [n, D]
-    counts = all_reduce(bin_counts(idx, bins), "sum")  # [D, bins], over all faces
+    # One flat bin id per (face, dimension): dimension j owns ids j*bins .. j*bins + bins - 1.
+    flat = histogram_bins(mu, bins, lo, hi) + torch.arange(d, device=mu.device) * bins  # [N, D]
+    counts = torch.bincount(flat.view(-1), minlength=d * bins).view(d, bins).double()
+    counts = all_reduce(counts, "sum")  # [D, bins], over all faces
     density = counts / (counts.sum(1, keepdim=True) * width.unsqueeze(1))  # [D, bins], integrates to 1
     smoothed = density + smoothing
     smoothed = smoothed / smoothed.sum(1, keepdim=True)
-    # Per-dimension normaliser: sum over all faces of 1 / smoothed density of their bin.
+    # Weight of a face in dimension j: 1 / smoothed density of its bin, normalised over all faces.
     norm = (counts / smoothed).sum(1, keepdim=True)  # [D, 1]
-    weights = 1.0 / torch.gather(smoothed, 1, idx.T) / norm  # [D, n]: rare bin -> large weight
-    p = weights.max(0).values  # [n]: a face rare in any dimension is rare
+    table = (1.0 / smoothed / norm).view(-1)  # [D * bins]
+    p = table[flat].max(1).values  # [N]: a face rare in any dimension is rare
     total = all_reduce(p.sum().reshape(1), "sum")
     return p / total
 
