@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= train,service,cpu,dev
 
-.PHONY: install install-bench train test serve evaluate readme-metrics bench report clean
+.PHONY: install install-bench train test serve evaluate readme bench report clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -45,8 +45,9 @@ bench: install-bench  ## benchmarks: tables printed, JSON in bench/results/ (a f
 report: install-bench  ## model report: reports/*.png + reports/report.md from the committed models/
 	$(PY) -m bench.report
 
-readme-metrics: install  ## rewrite the README's metrics table from models/manifest.json
+readme: install  ## rewrite the README's measured figures from models/manifest.json and bench/results/
 	$(PY) -m training.evaluate --update-readme README.md
+	$(PY) -m bench.readme
 
 clean:
 	rm -rf $(VENV) checkpoints .pytest_cache

@@ -77,7 +77,7 @@ def format_table(result: dict) -> str:
 
 
 def manifest_markdown(manifest: dict) -> str:
-    """The manifest's held-out metrics as a Markdown table (what `make readme-metrics` puts in the README)."""
+    """The manifest's held-out metrics as a Markdown table (what `make readme` puts in the README)."""
     data = manifest["data"]
     cols = ["accuracy", "balanced_accuracy", "precision", "recall", "specificity", "roc_auc"]
     lines = [f"Measured by `python -m training` on {manifest['created']} (source `{data['source']}`; held-out split: "

@@ -1,0 +1,127 @@
+"""Write the measured figures into the README: `python -m bench.readme` (or `make readme-bench`).
+
+Every number in the README's "Measured" section comes from a JSON file in bench/results/ written by a
+benchmark, never typed by hand; each table names the file, the date and the machine load it ran under.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out
+
+
+def _source(name: str, data: dict) -> str:
+    m = data.get("machine", {})
+    load = m.get("load_average_1min_at_start")
+    where = f"{m.get('cpu', m.get('platform', '?'))}, {m.get('logical_cores', m.get('cpu_count', '?'))} cores"
+    return (f"_`bench/results/{name}.json`, {m.get('date', '')} on {where}"
+            + (f", 1-min load {load:.1f} at start" if load is not None else "") + "._")
+
+
+def inference(d: dict) -> list[str]:
+    rows = [[r["model"], r["engine"], r["device"], r["batch"], f"{r['images_per_s']:,.0f}", f"{r['p50_ms']:.3f}",
+             f"{r['p99_ms']:.3f}", f"{r['ratio_vs_pytorch']:.2f}" if r.get("ratio_vs_pytorch") else "",
+             f"{r['max_abs_diff_vs_pytorch_cpu']:.1e}"]
+            for r in d["rows"] if "default-options" not in r["engine"]]
+    return ["### Inference engines (`python -m bench.inference`)", "",
+            *_table(["graph", "engine", "device", "batch", "images/s", "p50 ms", "p99 ms", "ORT / PyTorch",
+                     "max abs diff"], rows), "", _source("inference", d)]
+
+
+def training(d: dict) -> list[str]:
+    rows = [[r["model"], f"{r['epoch_images']:,}", f"{r['images_per_s']:,.0f}", f"{r['epoch_s']:,.0f}",
+             f"{r['per_batch_ms']['load']:.1f}", f"{r['per_batch_ms']['augment']:.1f}",
+             f"{r['per_batch_ms']['step']:.1f}", r["slowest_stage"]] for r in d["rows"]]
+    rs = d["resampling_vs_numpy"]
+    return ["### Training throughput (`python -m bench.training`)", "",
+            *_table(["model", "epoch images", "images/s", "epoch s (extrapolated)", "load ms/batch",
+                     "augment ms/batch", "step ms/batch", "slowest"], rows), "",
+            f"Resampling probabilities for {rs['faces']:,} faces × {rs['latent_dim']} latent dimensions: vectorised "
+            f"{rs['vectorised_s']:.3f} s, per-dimension NumPy loop {rs['numpy_per_dimension_s']:.3f} s "
+            f"({rs['speedup']:.2f}×), max abs difference {rs['max_abs_diff']:.1e}.", "", _source("training", d)]
+
+
+def quality(d: dict) -> list[str]:
+    out = ["### Quality against classic detectors (`python -m bench.quality`)", ""]
+    for name, rows in d["sets"].items():
+        out += [f"On the {name} ({rows[0]['faces']} faces of {rows[0]['n']} images):", ""]
+        out += _table(["detector", "balanced acc.", "face recall", "specificity", "ROC AUC", "images/s"],
+                      [[r["detector"], f"{r['balanced_accuracy']:.3f}", f"{r['recall']:.3f}",
+                        f"{r['specificity']:.3f}", f"{r['roc_auc']:.3f}", f"{r['images_per_s']:,.0f}"]
+                       for r in rows])
+        out.append("")
+    return out + [_source("quality", d)]
+
+
+def ddp(d: dict | None, acc: dict | None) -> list[str]:
+    out = ["### Data-parallel training (`python -m bench.ddp`)", ""]
+    if d:
+        out += _table(["model", "processes", "threads each", "train images/s", "speed-up", "scaling efficiency",
+                       "resampling pass s"],
+                      [[r["model"], r["processes"], r["threads_per_process"], f"{r['train_images_per_s']:,.0f}",
+                        f"{r['speed_up']:.2f}", f"{r['scaling_efficiency']:.2f}", f"{r['resample_s']:.1f}"]
+                       for r in d["rows"]])
+        s = d["settings"]
+        out += ["", f"{s['images']:,} synthetic images, {s['steps']} steps of global batch {s['batch']}; "
+                    f"{d['machine']['platform']}, {d['machine']['cpu_count']} cores, backend {d['machine']['backend']}.",
+                ""]
+    if acc:
+        rows = [[r["processes"], kind, f"{r[kind]['balanced_accuracy']:.3f}", f"{r[kind]['roc_auc']:.3f}",
+                 f"{r['wall_s']:.0f}"] for r in acc["rows"] for kind in ("cnn", "dbvae")]
+        out += ["Default training on the built-in set, 1 process vs 2 (gloo), same global batch "
+                "(`python -m bench.ddp --accuracy`):", "",
+                *_table(["processes", "model", "val balanced acc.", "val ROC AUC", "wall s"], rows), "",
+                f"Gap in balanced accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc["gaps"].items())
+                + f" (tolerance {acc['tolerance']}: {'within' if acc['within_tolerance'] else 'outside'})."]
+    return out
+
+
+def load(d: dict) -> list[str]:
+    keys = ["target", "payload", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "errors"]
+    rows = [[r.get(k, "") if not isinstance(r.get(k), float) else f"{r[k]:,.1f}" for k in keys] for r in d["rows"]]
+    out = ["### The service under load (`python -m bench.load`)", "", *_table(keys, rows), ""]
+    if "summary" in d:
+        out += ["```", *[f"{k}: {v}" for k, v in d["summary"].items()], "```", ""]
+    return out + [_source("load", d)]
+
+
+def section() -> str:
+    parts: list[str] = []
+    for name, render in (("inference", inference), ("load", load), ("training", training), ("quality", quality)):
+        data = _load(name)
+        if data:
+            parts += render(data) + [""]
+    parts += ddp(_load("ddp"), _load("ddp_accuracy")) + [""]
+    gpu = _load("gpu_check")
+    parts += ["### GPU", "", f"`bench/gpu_check.sh` last ran on {gpu['machine'].get('date', '?')}: see "
+              f"`bench/results/gpu_check.json`." if gpu and gpu.get("gpu") else
+              "`bench/gpu_check.sh` has **not been run on a GPU yet** (no GPU machine was lent to the sessions so "
+              "far); every figure above is from CPUs."]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    head, rest = text.split(START, 1)
+    readme.write_text(head + START + "\n" + section() + END + rest.split(END, 1)[1])
+    print(f"updated the measured figures in {readme}")
+
+
+if __name__ == "__main__":
+    main()
