@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= train,service,cpu,dev
 
-.PHONY: install install-bench train test serve evaluate readme bench report clean
+.PHONY: install install-bench train test serve evaluate readme bench bench-load gpu-check report clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,12 @@ bench: install-bench  ## benchmarks: tables printed, JSON in bench/results/ (a f
 	$(PY) -m bench.training
 	$(PY) -m bench.quality
 	$(PY) -m bench.ddp
+
+bench-load: install-bench  ## benchmark 2: the service under load vs a framework floor and a naive peer (~6 min)
+	$(PY) -m bench.load
+
+gpu-check:  ## benchmark 5, on a GPU machine (< 5 min; without a GPU it says so and keeps no results)
+	bash bench/gpu_check.sh
 
 report: install-bench  ## model report: reports/*.png + reports/report.md from the committed models/
 	$(PY) -m bench.report

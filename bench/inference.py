@@ -79,6 +79,11 @@ def engines(args, models_dir: Path, ckpt_dir: Path, name: str) -> list[tuple[str
         gpu_module = EncoderGraph(gpu_model) if name == "dbvae_encoder" else gpu_model
         found.append(("pytorch", "cuda", torch_runner(gpu_module, "cuda")))
     if "CUDAExecutionProvider" in ort.get_available_providers():
+        if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from pip wheels (PyTorch's) become loadable by ORT
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # noqa: BLE001 - the session's actual providers below tell the outcome
+                print(f"onnxruntime.preload_dlls() failed: {exc}")
         sess = ort_session(models_dir / graph, args.threads, "CUDAExecutionProvider")
         if "CUDAExecutionProvider" in sess.get_providers():
             found.append(("onnxruntime", "cuda", ort_runner(sess, names)))

@@ -1,13 +1,16 @@
-"""The model report: figures in reports/ drawn from the committed models and the training checkpoints.
+"""The model report: figures in reports/ drawn from the committed models alone (models/: the ONNX graphs and
+manifest.json), so a fresh clone without checkpoints/ regenerates it.
 
     python -m bench.report                                     # default models, their data's held-out split
     python -m bench.report --faces ppb/ --non-faces neg/       # adds the per-group bar chart for that set
 
 Figures (each states the data it came from in its footer) and reports/report.md, which lists them:
-* training_curves.png — loss terms and validation metrics per epoch, CNN vs DB-VAE (checkpoint histories)
+* training_curves.png — loss terms and validation metrics per epoch, CNN vs DB-VAE (the manifest's
+                        metrics.history: the same per-epoch records the checkpoints hold)
 * resampling.png      — how far the DB-VAE's sampling distribution was from uniform, per epoch, and the final one
 * sampled_most.png / sampled_least.png — the training faces the final DB-VAE draws most / least often
-  (probabilities recomputed with training.resampling over the training faces, as at the start of an epoch)
+  (probabilities recomputed with training.resampling over the ONNX encoder's mu of the training faces, as
+  training does at the start of an epoch with the PyTorch encoder: mu agrees with it to ~1e-6)
 * roc.png             — ROC curves of the exported ONNX models on the validation split
 * reconstructions.png — validation faces and their DB-VAE reconstructions (ONNX encoder mu -> decoder)
 * morph.png           — a latent walk between two validation faces, as the service's /morph does it:
@@ -26,17 +29,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
-import torch  # noqa: E402
+import torch  # noqa: E402 - training.resampling works on tensors
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from training.checkpoint import load_checkpoint  # noqa: E402
 from training.config import default_cache_dir  # noqa: E402
 from training.data.image import to_model_input  # noqa: E402
 from training.data.sources import open_source, stratified_split  # noqa: E402
 from training.evaluate import CLASSIFIER_GRAPH, evaluate_models, load_manifest  # noqa: E402
 from training.metrics import binary_metrics  # noqa: E402
 from training.resampling import sampling_probabilities  # noqa: E402
-from training.train import predict  # noqa: E402
 
 COLOURS = {"cnn": "tab:blue", "dbvae": "tab:orange"}
 
@@ -192,7 +193,7 @@ def groups_figure(result: dict, out: Path, footer: str) -> Path | None:
 
 
 def run(args) -> list[tuple[str, Path]]:
-    out, models_dir, ckpts = Path(args.out), Path(args.models_dir), Path(args.checkpoints)
+    out, models_dir = Path(args.out), Path(args.models_dir)
     out.mkdir(parents=True, exist_ok=True)
     manifest = load_manifest(models_dir)
     data = manifest["data"]
@@ -204,22 +205,25 @@ def run(args) -> list[tuple[str, Path]]:
     versions = ", ".join(f"{k} {e['version']}" for k, e in manifest["models"].items())
     data_line = (f"data: source '{src_name}' (seed {data.get('seed', 0)}, val fraction {data.get('val_fraction', 0.2)})"
                  f"; models: {versions} (manifest {manifest['created']})")
-    ckpt = {k: load_checkpoint(ckpts / f"{k}.pt") for k in ("cnn", "dbvae") if (ckpts / f"{k}.pt").is_file()}
+    histories = {k: e["metrics"]["history"] for k, e in manifest["models"].items() if e["metrics"].get("history")}
     figures = []
-    hist_line = "; ".join(f"{k}: {len(c['history'])} epochs" for k, (_, c) in ckpt.items())
-    figures.append(("Training curves", training_curves({k: c["history"] for k, (_, c) in ckpt.items()}, out,
-                    f"From the checkpoint histories in {ckpts}/ ({hist_line}); training-batch losses, validation "
-                    f"metrics on the held-out split. {data_line}")))
+    hist_line = "; ".join(f"{k}: {len(h)} epochs" for k, h in histories.items())
+    figures.append(("Training curves", training_curves(histories, out,
+                    f"From the per-epoch histories in {models_dir}/manifest.json ({hist_line}); training-batch "
+                    f"losses, validation metrics on the held-out split. {data_line}")))
 
     train_faces = train_idx[source.labels[train_idx] == 1]
-    if "dbvae" in ckpt:
-        model, c = ckpt["dbvae"]
-        _, mu = predict(model, source, train_faces, torch.device("cpu"), with_mu=True)
-        tc = c["train_config"]
-        p = sampling_probabilities(mu, tc.get("hist_bins", 10), tc.get("smoothing", 1e-3)).numpy()
-        foot = (f"Training split faces ({len(train_faces)}), probabilities recomputed with the final DB-VAE checkpoint "
-                f"(epoch {c['epoch']}) as at the start of an epoch. {data_line}")
-        figures.append(("Resampling distribution", resampling_figure(c["history"], p, out, foot)))
+    if "dbvae" in manifest["models"]:
+        entry, tc = manifest["models"]["dbvae"], manifest.get("training", {})
+        enc = session(models_dir / entry["graphs"]["encoder"])
+        mu = np.concatenate([enc.run(["mu"], {"image": to_model_input(source.read(train_faces[i:i + 256]))})[0]
+                             for i in range(0, len(train_faces), 256)])
+        p = sampling_probabilities(torch.from_numpy(mu), tc.get("hist_bins", 10), tc.get("smoothing", 1e-3)).numpy()
+        hist = entry["metrics"].get("history", [])
+        foot = (f"Training split faces ({len(train_faces)}), probabilities recomputed from the exported DB-VAE "
+                f"encoder's mu ({entry['version']}, after epoch {len(hist)}) as at the start of an epoch; per-epoch "
+                f"statistics from the manifest's history. {data_line}")
+        figures.append(("Resampling distribution", resampling_figure(hist, p, out, foot)))
         order = np.argsort(p)
         k = min(args.grid, len(order) // 2)
         for name, sel, what in (("sampled_most.png", order[::-1][:k], "most"), ("sampled_least.png", order[:k], "least")):
@@ -257,7 +261,7 @@ def run(args) -> list[tuple[str, Path]]:
 
 
 def write_index(out: Path, figures: list[tuple[str, Path]], data_line: str) -> None:
-    lines = ["# Model report", "", "Generated by `python -m bench.report` from the files in `models/` and `checkpoints/`; "
+    lines = ["# Model report", "", "Generated by `python -m bench.report` from the files in `models/` alone; "
              "every figure's footer says which data it shows.", "", f"_{data_line}_", ""]
     for title, path in figures:
         lines += [f"## {title}", "", f"![{title}]({path.name})", ""]
@@ -269,7 +273,6 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models-dir", default="models")
-    ap.add_argument("--checkpoints", default="checkpoints")
     ap.add_argument("--cache-dir", default=default_cache_dir())
     ap.add_argument("--out", default="reports")
     ap.add_argument("--grid", type=int, default=16, help="faces per grid")

@@ -9,15 +9,18 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
+from service.batcher import MicroBatcher
 from service.errors import ProblemError
 from service.manifest import ModelError, load_manifest
 from service.schemas import Manifest
 from service.settings import Settings
+from service.uploads import Payload, decode_batch
 
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
@@ -78,6 +81,12 @@ class Engine:
         self._admitted = 0
         self._capacity = settings.worker_threads + settings.max_queue
         self._pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="inference")
+        self.batchers: dict[str, MicroBatcher] = {}
+        if settings.micro_batch_max > 0:
+            for model in manifest.models:
+                self.batchers[model] = MicroBatcher(
+                    partial(self.detect_many, model), self.call, max_images=settings.micro_batch_max,
+                    wait_s=settings.micro_batch_wait_ms / 1e3, max_in_flight=settings.worker_threads)
 
     # --- start-up ---
 
@@ -86,10 +95,11 @@ class Engine:
         """Verify the manifest and files, then open one session per graph. Raises ModelError."""
         manifest = load_manifest(settings.models_dir)
         providers = choose_providers(settings.providers)
-        image_batch = max(settings.max_images_per_request, 2)  # 2: morph encodes a and b together
+        # A micro-batch holds up to micro_batch_max images; 2: morph encodes a and b together.
+        detect_batch = max(settings.max_images_per_request, settings.micro_batch_max)
         graphs: dict[str, Graph] = {}
-        for model, role, largest in (("cnn", "classifier", settings.max_images_per_request),
-                                     ("dbvae", "encoder", image_batch), ("dbvae", "decoder", settings.max_morph_steps)):
+        for model, role, largest in (("cnn", "classifier", detect_batch), ("dbvae", "encoder", max(detect_batch, 2)),
+                                     ("dbvae", "decoder", settings.max_morph_steps)):
             file = manifest.models[model].graphs[role]
             session = open_session(settings, file, providers)
             check_contract(session, file, role, manifest)
@@ -162,6 +172,33 @@ class Engine:
         graph = self.graphs["cnn.classifier"] if model == "cnn" else self.graphs["dbvae.encoder"]
         logit = graph.run(batch)["logit"].reshape(len(batch)).astype(np.float64)
         return 0.5 * (1.0 + np.tanh(0.5 * logit))  # sigmoid without overflow for large |logit|
+
+    async def detect(self, model: str, payloads: list[Payload]) -> np.ndarray:
+        """Face probabilities for one request's images: alone in the pool, or in a micro-batch if enabled."""
+        batcher = self.batchers.get(model)
+        if batcher is not None:
+            return await batcher.submit(payloads, len(payloads))
+        return await self.call(lambda: self.classify(model, decode_batch(payloads, self.size,
+                                                                         self.settings.max_image_pixels)))
+
+    def detect_many(self, model: str, requests: list[list[Payload]]) -> list[np.ndarray | Exception]:
+        """Several requests' images -> one inference; a request whose upload fails gets only its own error."""
+        decoded: list[np.ndarray | Exception] = []
+        for payloads in requests:
+            try:
+                decoded.append(decode_batch(payloads, self.size, self.settings.max_image_pixels))
+            except Exception as exc:  # noqa: BLE001 - handed to that request's handler, which maps it
+                decoded.append(exc)
+        good = [d for d in decoded if not isinstance(d, Exception)]
+        probabilities = self.classify(model, np.concatenate(good)) if good else np.empty(0)
+        answers, start = [], 0
+        for d in decoded:
+            if isinstance(d, Exception):
+                answers.append(d)
+            else:
+                answers.append(probabilities[start:start + len(d)])
+                start += len(d)
+        return answers
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         return self.graphs["dbvae.encoder"].run(batch)["mu"]

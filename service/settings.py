@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     worker_threads: int = Field(2, ge=1, le=64)
     intra_op_threads: int = Field(1, ge=0, le=64)
     max_queue: int = Field(64, ge=0, le=10_000)
+    # /detect micro-batching: concurrent requests share one inference of up to this many images (0: off),
+    # waiting at most this long for company (0: only while every pool thread is busy). See service/batcher.py.
+    micro_batch_max: int = Field(0, ge=0, le=256)
+    micro_batch_wait_ms: float = Field(0.0, ge=0.0, le=60_000.0)
     retry_after_s: int = Field(1, ge=1, le=3600)
     # Readiness answers 503 for this long after SIGTERM before the server stops accepting work,
     # so a load balancer has time to notice.

@@ -11,7 +11,7 @@ from service.errors import ProblemError
 from service.routes import UPLOAD_PROBLEMS
 from service.schemas import DetectResponse, Detection
 from service.settings import ModelName
-from service.uploads import decode_batch, read
+from service.uploads import read
 
 router = APIRouter(tags=["inference"])
 
@@ -33,11 +33,7 @@ async def detect(
                            "(FACEDET_MAX_IMAGES_PER_REQUEST)")
     name = model or settings.default_model
     payloads = [await read(upload, f"image[{i}]") for i, upload in enumerate(image)]
-
-    def job():
-        return engine.classify(name, decode_batch(payloads, engine.size, settings.max_image_pixels))
-
-    probabilities = await engine.call(job)
+    probabilities = await engine.detect(name, payloads)
     threshold = engine.threshold(name)
     return DetectResponse(
         model=name,

@@ -1,0 +1,143 @@
+"""Benchmark 5's Python half (bench/gpu_check.sh runs it): ONNX Runtime CUDA vs CPU parity on the committed
+models, and the one summary table of the whole check.
+
+    python -m bench.gpu_check parity                 # -> bench/results/gpu_check_parity.json
+    python -m bench.gpu_check summary [--skipped "part: reason" ...]   # -> bench/results/gpu_check.json
+
+Parity: every graph in models/ (CNN, DB-VAE encoder, DB-VAE decoder) runs the same seeded batch on the CPU
+provider and on the CUDA provider with the service's provider list (CUDA first, CPU as fallback, default
+CUDA options, so TF32 is allowed where ORT allows it: what the service would do on that GPU). It passes when
+every output agrees within |cuda - cpu| <= 1e-3 * (1 + |cpu|) and the face decisions (logit >= logit of the
+threshold) are identical. A CUDA session that silently falls back to CPU is reported, not counted as a pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import RESULTS, machine, table, write_result
+
+TOLERANCE = 1e-3
+
+
+def parity(models_dir: Path) -> dict:
+    try:
+        import torch  # noqa: F401 - loads the CUDA libraries PyTorch ships, so ORT can find them too
+    except ImportError:
+        pass
+    import onnxruntime as ort
+
+    info = machine()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return {"machine": info, "skipped": f"onnxruntime {ort.__version__} has no CUDAExecutionProvider "
+                                            f"(providers: {', '.join(ort.get_available_providers())})", "rows": []}
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001 - reported through the session's actual providers below
+            print(f"onnxruntime.preload_dlls() failed: {exc}", file=sys.stderr)
+    manifest = json.loads((models_dir / "manifest.json").read_text())
+    rng = np.random.default_rng(0)
+    rows = []
+    for model, entry in manifest["models"].items():
+        threshold = float(entry.get("threshold", 0.5))
+        for role, file in entry["graphs"].items():
+            cpu = ort.InferenceSession(str(models_dir / file), providers=["CPUExecutionProvider"])
+            gpu = ort.InferenceSession(str(models_dir / file),
+                                       providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+            used = gpu.get_providers()[0]
+            name = cpu.get_inputs()[0].name
+            x = (rng.standard_normal((8, manifest["latent_dim"])) if name == "z"
+                 else rng.random((8, 3, 64, 64))).astype(np.float32)
+            outs = [o.name for o in cpu.get_outputs()]
+            ref, got = cpu.run(outs, {name: x}), gpu.run(outs, {name: x})
+            worst = max(float((np.abs(g - r) / (1 + np.abs(r))).max()) for g, r in zip(got, ref))
+            row = {"graph": f"{model}.{role}", "provider": used, "max_abs_diff": max(float(np.abs(g - r).max())
+                                                                                  for g, r in zip(got, ref)),
+                   "max_scaled_diff": worst, "same_decisions": None}
+            if "logit" in outs:
+                cut = float(np.log(threshold / (1 - threshold)))
+                i = outs.index("logit")
+                row["same_decisions"] = bool(np.array_equal(ref[i] >= cut, got[i] >= cut))
+            row["ok"] = used == "CUDAExecutionProvider" and worst <= TOLERANCE and row["same_decisions"] is not False
+            rows.append(row)
+    return {"machine": info, "tolerance": f"|cuda - cpu| <= {TOLERANCE} * (1 + |cpu|)", "rows": rows}
+
+
+def load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def summary(skipped: list[str]) -> list[dict]:
+    rows = [{"part": part.strip(), "item": "-", "result": "SKIPPED", "detail": reason.strip()}
+            for part, _, reason in (s.partition(":") for s in skipped)]
+    inf = load("gpu_check_inference")
+    if inf:
+        for r in inf["rows"]:
+            if r["device"] == "cuda" or r["engine"] == "onnxruntime":
+                ratio = f", ORT/PT {r['ratio_vs_pytorch']:.2f}" if r.get("ratio_vs_pytorch") else ""
+                rows.append({"part": "1 inference", "item": f"{r['model']} {r['engine']} {r['device']} b{r['batch']}",
+                             "result": f"{r['images_per_s']:,.0f} img/s",
+                             "detail": f"p50 {r['p50_ms']:.3f} ms{ratio}, |diff| vs PT CPU "
+                                       f"{r['max_abs_diff_vs_pytorch_cpu']:.1e}"})
+        if not any(r["device"] == "cuda" for r in inf["rows"]):
+            rows.append({"part": "1 inference", "item": "cuda rows", "result": "SKIPPED",
+                         "detail": "neither PyTorch nor ONNX Runtime sees a CUDA device"})
+    tr = load("gpu_check_training")
+    if tr:
+        for r in tr["rows"]:
+            rows.append({"part": "3 training", "item": f"{r['model']} on {tr['machine']['device']}",
+                         "result": f"{r['images_per_s']:,.0f} img/s",
+                         "detail": f"slowest stage {r['slowest_stage']}; per batch ms "
+                                   + ", ".join(f"{k} {v:.1f}" for k, v in r["per_batch_ms"].items())})
+        c = tr["resampling_vs_numpy"]
+        rows.append({"part": "3 training", "item": "resampling probabilities", "result": f"{c['speedup']:.1f}x numpy",
+                     "detail": f"{c['vectorised_s']:.3f} s vs {c['numpy_per_dimension_s']:.3f} s over "
+                               f"[{c['faces']:,}, {c['latent_dim']}], max |diff| {c['max_abs_diff']:.1e}"})
+    par = load("gpu_check_parity")
+    if par:
+        if par.get("skipped"):
+            rows.append({"part": "5 parity", "item": "ORT CUDA vs CPU", "result": "SKIPPED", "detail": par["skipped"]})
+        for r in par["rows"]:
+            rows.append({"part": "5 parity", "item": f"{r['graph']} ({r['provider']})",
+                         "result": "ok" if r["ok"] else "FAIL",
+                         "detail": f"max |diff| {r['max_abs_diff']:.1e}, scaled {r['max_scaled_diff']:.1e}"
+                                   + ("" if r["same_decisions"] is None else
+                                      f", same decisions {r['same_decisions']}")})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["parity", "summary"])
+    ap.add_argument("--models-dir", default="models")
+    ap.add_argument("--skipped", action="append", default=[], help='"part: reason" rows for the summary')
+    args = ap.parse_args(argv)
+    if args.what == "parity":
+        result = parity(Path(args.models_dir))
+        print(result.get("skipped") or table(result["rows"], [
+            ("graph", "graph", ""), ("provider", "provider", ""), ("max_abs_diff", "max|diff|", ".1e"),
+            ("max_scaled_diff", "scaled", ".1e"), ("same_decisions", "same decisions", ""), ("ok", "ok", "")]))
+        print(f"wrote {write_result('gpu_check_parity', result)}")
+        return 0 if all(r["ok"] for r in result["rows"]) else 1
+    m = machine()
+    print(f"\nGPU check — {m['cuda'] or 'NO GPU: CUDA rows skipped'}; {m['cpu']}, {m['logical_cores']} cores; "
+          f"python {m['python']}, torch {m['torch']}, onnxruntime {m['onnxruntime']} "
+          f"({', '.join(m['ort_providers'])}); {m['date']}")
+    rows = summary(args.skipped)
+    print(table(rows, [("part", "part", ""), ("item", "item", ""), ("result", "result", ""), ("detail", "detail", "")]))
+    # gpu: the device name, or null for a run without one (bench/readme.py only quotes runs on a GPU).
+    result = {"benchmark": "gpu_check", "gpu": m["cuda"], "machine": m, "rows": rows}
+    print(f"wrote {write_result('gpu_check', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Benchmark 5: the GPU check. Run from the repository root on a machine with an NVIDIA GPU:
+#
+#     bash bench/gpu_check.sh            # PYTHON=... to choose the interpreter (default .venv/bin/python, else python3)
+#
+# Installs nothing (GPU machines here have no network) and stays under 5 minutes: benchmark 1
+# (bench/inference.py, PyTorch and ONNX Runtime, CPU and CUDA) and benchmark 3 (bench/training.py, short
+# settings) on the GPU, then ONNX Runtime CUDA vs CPU parity on models/ (bench/gpu_check.py), then one table.
+# A part whose imports or inputs are missing is skipped with the reason in the table instead of failing the
+# run: e.g. h5py absent (benchmark 3), checkpoints/ absent (benchmark 1 compares against the PyTorch models
+# in it, and it is not in git: carry it to the GPU machine). Without a GPU it still runs everything on the
+# CPU, with short settings, writes the JSON to a temporary folder (not bench/results/) and says so.
+set -u
+cd "$(dirname "$0")/.."
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+START=$(date +%s)
+SKIPPED=()
+skip() { echo "SKIP $1"; SKIPPED+=(--skipped "$1"); }
+
+# Which module a part lacks, in one line ("" when everything imports).
+missing() { "$PYTHON" -c "import $1" 2>&1 | grep -oE "No module named '[^']+'|cannot import name '[^']+'" | head -1; }
+
+if ! "$PYTHON" -c "import numpy, onnxruntime" 2>/dev/null; then
+    echo "gpu_check: $PYTHON cannot import numpy and onnxruntime; nothing to check" >&2
+    exit 2
+fi
+GPU=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" 2>/dev/null)
+if command -v nvidia-smi >/dev/null; then
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+fi
+if [ -z "$GPU" ]; then
+    echo "gpu_check: NO GPU visible to PyTorch: running the CPU rows only, with short settings, results in a temporary folder"
+    BENCH_RESULTS_DIR=$(mktemp -d)
+    export BENCH_RESULTS_DIR
+    INF_ARGS=(--batches 1 8 --seconds 0.3 --rounds 1)
+    TRAIN_ARGS=(--steps 2 --encode 256 --file-images 512 --faces 20000 --non-faces 20000)
+else
+    echo "gpu_check: GPU $GPU"
+    INF_ARGS=(--batches 1 8 64 256 --seconds 0.6 --rounds 2)
+    TRAIN_ARGS=(--steps 10 --encode 2048 --file-images 2048)
+fi
+rm -f "${BENCH_RESULTS_DIR:-bench/results}"/gpu_check_{inference,training,parity}.json
+
+# Benchmark 1: inference engines (needs PyTorch, the training package's model code and checkpoints/).
+why=$(missing bench.inference)
+if [ -n "$why" ]; then skip "1 inference: $why"
+elif [ ! -f checkpoints/cnn.pt ] || [ ! -f checkpoints/dbvae.pt ]; then
+    skip "1 inference: checkpoints/cnn.pt or dbvae.pt missing (python -m training makes them; carry them to this machine)"
+else
+    timeout 150 "$PYTHON" -m bench.inference "${INF_ARGS[@]}" --out gpu_check_inference || skip "1 inference: exited with status $?"
+fi
+
+# Benchmark 3: training throughput on synthetic data (needs PyTorch, h5py, tqdm).
+why=$(missing bench.training)
+if [ -n "$why" ]; then skip "3 training: $why"
+else
+    timeout 120 "$PYTHON" -m bench.training "${TRAIN_ARGS[@]}" --out gpu_check_training || skip "3 training: exited with status $?"
+fi
+
+# ONNX Runtime CUDA vs CPU on the committed models.
+timeout 60 "$PYTHON" -m bench.gpu_check parity
+status=$?
+[ $status -gt 1 ] && skip "5 parity: exited with status $status"
+
+"$PYTHON" -m bench.gpu_check summary "${SKIPPED[@]}"
+echo "gpu_check: $(( $(date +%s) - START )) s; JSON in ${BENCH_RESULTS_DIR:-bench/results}"
+[ -z "$GPU" ] && echo "gpu_check: ran WITHOUT a GPU: no CUDA number above was measured"
+exit 0

@@ -1,0 +1,261 @@
+"""Benchmark 2: the service under load on loopback, next to a framework floor and a naive PyTorch peer.
+
+    python -m bench.load                                   # ~6 min: 4 servers x 2 payloads x 4 concurrencies
+    python -m bench.load --seconds 3 --concurrency 1 32    # quicker look
+
+Every server is its own process, started the way a user starts it (`python -m service --port P`, default
+models/; the references with `python -m bench.load_peers floor|naive --port P`, see that file), and is driven
+by a separate load-generator process (bench/load_client.py) at each concurrency for a bounded time. Servers:
+
+* detect        — the service's /detect (DB-VAE), FACEDET_MICRO_BATCH_MAX=0 (micro-batching off)
+* detect+batch  — the same with micro-batching on (FACEDET_MICRO_BATCH_MAX and _WAIT_MS from --batch-max and
+                  --batch-wait-ms)
+* floor         — bare FastAPI endpoint, same multipart upload, constant JSON
+* naive         — Pillow decode + PyTorch eager DB-VAE encoder from checkpoints/dbvae.pt, one request at a time
+                  (skipped, with a note, when the checkpoint is missing: a fresh clone has only models/)
+
+Cells run interleaved (each payload and concurrency: every server in turn), so a burst of load from another
+process on this shared machine hits all servers alike. Payloads: a real face (scikit-image's LFW subset,
+face #0, 25x25 grey upscaled to a 64x64 RGB PNG) and a real photo (scikit-image's astronaut, 4:3 crop
+resized to a 640x480 JPEG, quality 90). Per cell: requests/s, p50/p95/p99 latency, errors (any non-200 or
+transport failure), server CPU seconds per request, load generator CPU, and the 1-min load average. Per
+server: resident memory (VmRSS) after start-up, the peak while it was driven, and after its last cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from bench.common import load_average, load_note, machine, table, write_result
+
+ROOT = Path(__file__).resolve().parent.parent
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def payloads(folder: Path) -> dict[str, tuple[Path, str]]:
+    from skimage import data
+
+    face = Image.fromarray((data.lfw_subset()[0] * 255).round().astype(np.uint8)).convert("RGB")
+    face = face.resize((64, 64), Image.Resampling.BILINEAR)
+    photo = Image.fromarray(data.astronaut()).crop((0, 64, 512, 448)).resize((640, 480), Image.Resampling.BILINEAR)
+    files = {"png64": (folder / "face64.png", "image/png"), "jpeg640x480": (folder / "photo640x480.jpg", "image/jpeg")}
+    face.save(files["png64"][0], format="PNG")
+    buf = io.BytesIO()
+    photo.save(buf, format="JPEG", quality=90)
+    files["jpeg640x480"][0].write_bytes(buf.getvalue())
+    return files
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+class Server:
+    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path):
+        self.name, self.port, self.log = name, free_port(), log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEDET_")} | env
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([sys.executable, *args, "--port", str(self.port)], cwd=ROOT, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.rss = {"start_mb": None, "after_first_cell_mb": None, "peak_mb": 0.0, "end_mb": None}
+
+    def wait_ready(self, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    self.rss["start_mb"] = rss_mb(self.proc.pid)
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def drive(server: Server, path: Path, ctype: str, concurrency: int, seconds: float, warmup: float) -> dict:
+    """One cell: the load generator in its own process, the server's RSS sampled every 0.1 s meanwhile."""
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.1):
+            server.rss["peak_mb"] = max(server.rss["peak_mb"], rss_mb(server.proc.pid))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    cpu0 = cpu_s(server.proc.pid)
+    out = subprocess.run([sys.executable, "-m", "bench.load_client", "--url", f"{server.url}/detect",
+                          "--file", str(path), "--type", ctype, "--concurrency", str(concurrency),
+                          "--seconds", str(seconds), "--warmup", str(warmup)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=warmup + seconds + 120, check=True)
+    server_cpu = cpu_s(server.proc.pid) - cpu0
+    done.set()
+    sampler.join()
+    if server.rss["after_first_cell_mb"] is None:
+        server.rss["after_first_cell_mb"] = rss_mb(server.proc.pid)
+    cell = json.loads(out.stdout)
+    # Server CPU over the whole cell (warm-up and tail included) per request answered in it: an estimate.
+    cell["server_cpu_ms_per_req"] = 1e3 * server_cpu / max(1, cell["requests"]) if cell["requests"] else None
+    cell["load_1min"] = load_average()
+    return cell
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64])
+    ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per cell")
+    ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds at the start of each cell")
+    ap.add_argument("--servers", nargs="+", default=["detect", "detect+batch", "floor", "naive"],
+                    choices=["detect", "detect+batch", "floor", "naive"])
+    ap.add_argument("--batch-max", type=int, default=8, help="FACEDET_MICRO_BATCH_MAX for detect+batch")
+    ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="FACEDET_MICRO_BATCH_WAIT_MS for detect+batch")
+    ap.add_argument("--checkpoint", default="checkpoints/dbvae.pt", help="the naive peer's PyTorch model")
+    ap.add_argument("--out", default="load")
+    args = ap.parse_args(argv)
+
+    info = machine()
+    notes = []
+    specs = {"detect": (["-m", "service"], {"FACEDET_MICRO_BATCH_MAX": "0"}),
+             "detect+batch": (["-m", "service"], {"FACEDET_MICRO_BATCH_MAX": str(args.batch_max),
+                                                  "FACEDET_MICRO_BATCH_WAIT_MS": str(args.batch_wait_ms)}),
+             "floor": (["-m", "bench.load_peers", "floor"], {}),
+             "naive": (["-m", "bench.load_peers", "naive", "--checkpoint", args.checkpoint], {})}
+    names = list(args.servers)
+    if "naive" in names and not (ROOT / args.checkpoint).is_file():
+        names.remove("naive")
+        notes.append(f"naive peer skipped: {args.checkpoint} is missing (run `python -m training` to make it)")
+    rows, servers = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        files = payloads(Path(tmp))
+        sizes = {k: {"file": p.name, "bytes": p.stat().st_size} for k, (p, _) in files.items()}
+        try:
+            for name in names:
+                servers[name] = Server(name, specs[name][0], specs[name][1], Path(tmp) / f"{name}.log")
+            for server in servers.values():
+                server.wait_ready()
+            for payload, (path, ctype) in files.items():
+                for c in args.concurrency:
+                    for name, server in servers.items():
+                        cell = drive(server, path, ctype, c, args.seconds, args.warmup)
+                        rows.append({"payload": payload, "concurrency": c, "target": name, **cell})
+                        print(f"  {payload:<11} c={c:<3} {name:<12} {cell['rps']:7.1f} req/s  "
+                              f"p99 {cell['p99_ms'] or float('nan'):7.1f} ms  errors {cell['errors']}", flush=True)
+            time.sleep(1.0)
+            for server in servers.values():
+                server.rss["end_mb"] = rss_mb(server.proc.pid)
+        finally:
+            for server in servers.values():
+                server.stop()
+
+    by = {(r["payload"], r["concurrency"], r["target"]): r for r in rows}
+    for r in rows:
+        for ref in ("floor", "naive"):
+            base = by.get((r["payload"], r["concurrency"], ref))
+            if r["target"].startswith("detect") and base and base["rps"]:
+                r[f"vs_{ref}"] = r["rps"] / base["rps"]
+    # growth: over the whole run, from just after start-up (the goal's measure); steady: from the end of the
+    # first cell, i.e. without the one-time allocations the first requests make (buffers, arenas, caches).
+    memory = {name: {**s.rss, "growth": s.rss["end_mb"] / s.rss["start_mb"] - 1.0,
+                     "growth_steady": s.rss["end_mb"] / s.rss["after_first_cell_mb"] - 1.0}
+              for name, s in servers.items()}
+    goals = {}
+    for name in (n for n in servers if n.startswith("detect")):
+        r, mem = by.get(("png64", 32, name)), memory[name]
+        if r is None:
+            continue
+        goals[name] = {"vs_floor>=0.70": r.get("vs_floor", 0) >= 0.70,
+                       "vs_naive>=2": (r["vs_naive"] >= 2.0) if "vs_naive" in r else None,
+                       "p99<100ms": r["p99_ms"] is not None and r["p99_ms"] < 100.0, "zero_errors": r["errors"] == 0,
+                       "memory_growth<5%": mem["growth"] < 0.05}
+    info["load_average_1min_at_end"] = load_average()
+    info["load_average_1min_max_during"] = max((r["load_1min"] for r in rows if r["load_1min"] is not None),
+                                               default=None)
+    summary = {f"goals at c=32, png64, {name}": ", ".join(f"{k} {'n/a' if v is None else ('met' if v else 'MISSED')}"
+                                                          for k, v in g.items()) for name, g in goals.items()}
+    summary.update({f"memory {k}": f"{v['start_mb']:.0f} MB after start, peak {v['peak_mb']:.0f} MB, "
+                                   f"{v['end_mb']:.0f} MB after the run ({v['growth']:+.1%}; "
+                                   f"{v['growth_steady']:+.1%} after the first cell)" for k, v in memory.items()})
+    result = {"benchmark": "load", "machine": info, "note": load_note(info), "notes": notes, "summary": summary,
+              "settings": {"concurrency": args.concurrency, "seconds_per_cell": args.seconds, "warmup_s": args.warmup,
+                           "micro_batch": {"max": args.batch_max, "wait_ms": args.batch_wait_ms},
+                           "payloads": sizes,
+                           "client": "bench/load_client.py: asyncio HTTP/1.1, one keep-alive connection per "
+                                     "concurrent request, separate process"},
+              "rows": rows, "memory": memory, "goals_png64_c32": goals}
+    print_result(result)
+    print(f"wrote {write_result(args.out, result)}")
+    return 0
+
+
+COLUMNS = [("payload", "payload", ""), ("concurrency", "conc", "d"), ("target", "server", ""),
+           ("rps", "req/s", ",.1f"), ("p50_ms", "p50 ms", ".1f"), ("p95_ms", "p95 ms", ".1f"),
+           ("p99_ms", "p99 ms", ".1f"), ("errors", "errors", "d"), ("vs_floor", "/floor", ".2f"),
+           ("vs_naive", "/naive", ".2f"), ("server_cpu_ms_per_req", "srv cpu ms/req", ".2f"),
+           ("load_1min", "load", ".2f")]
+
+
+def print_result(result: dict) -> None:
+    m = result["machine"]
+    print(f"\nService under load (loopback) — {m['cpu']}, {m['logical_cores']} cores, "
+          f"onnxruntime {m['onnxruntime']}, "
+          f"{result['settings']['seconds_per_cell']:g} s per cell, {m['date']}")
+    print(table(result["rows"], COLUMNS))
+    print("\nServer resident memory (VmRSS, MB):")
+    print(table([{"server": k, **v} for k, v in result["memory"].items()],
+                [("server", "server", ""), ("start_mb", "after start", ".1f"),
+                 ("after_first_cell_mb", "after 1st cell", ".1f"), ("peak_mb", "peak under load", ".1f"),
+                 ("end_mb", "after run", ".1f"), ("growth", "growth", "+.1%"),
+                 ("growth_steady", "growth after 1st cell", "+.1%")]))
+    for k, v in result["summary"].items():
+        if k.startswith("goals"):
+            print(f"{k}: {v}")
+    print(f"1-min load average: {m['load_average_1min_at_start']:.2f} at start, "
+          f"{m['load_average_1min_max_during']:.2f} at most during, {m['load_average_1min_at_end']:.2f} at end")
+    for line in [*result["notes"], result["note"]]:
+        if line:
+            print(line)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
