@@ -40,7 +40,7 @@ from skimage.transform import integral_image, resize
 from bench.common import load_note, machine, table, write_result
 from training.config import default_cache_dir
 from training.data.image import to_model_input
-from training.data.sources import open_source, stratified_split
+from training.data.sources import manifest_split, open_source
 from training.evaluate import CLASSIFIER_GRAPH, load_manifest
 from training.metrics import binary_metrics
 
@@ -126,10 +126,7 @@ def run(args) -> dict:
     manifest = load_manifest(models_dir)
     data = manifest["data"]
     src_name = data.get("source", "builtin")
-    source = open_source(src_name, h5=data.get("path", "") if src_name == "h5" else "", faces=data.get("faces", ""),
-                         non_faces=data.get("non_faces", ""), cache_dir=args.cache_dir,
-                         builtin_non_faces=data.get("builtin_non_faces", 900), seed=data.get("seed", 0))
-    train_idx, val_idx = stratified_split(source.labels, data.get("val_fraction", 0.2), data.get("seed", 0))
+    source, train_idx, val_idx = manifest_split(data, args.cache_dir)
     if len(train_idx) > args.rf_train_max:  # bound the forest's feature extraction on a large source
         train_idx = np.sort(np.random.default_rng(0).choice(train_idx, args.rf_train_max, replace=False))
     t0 = time.perf_counter()

@@ -34,7 +34,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from training.config import default_cache_dir  # noqa: E402
 from training.data.image import to_model_input  # noqa: E402
-from training.data.sources import open_source, stratified_split  # noqa: E402
+from training.data.sources import manifest_split, open_source  # noqa: E402
 from training.evaluate import CLASSIFIER_GRAPH, evaluate_models, load_manifest  # noqa: E402
 from training.metrics import binary_metrics  # noqa: E402
 from training.resampling import sampling_probabilities  # noqa: E402
@@ -198,10 +198,7 @@ def run(args) -> list[tuple[str, Path]]:
     manifest = load_manifest(models_dir)
     data = manifest["data"]
     src_name = data.get("source", "builtin")
-    source = open_source(src_name, h5=data.get("path", "") if src_name == "h5" else "", faces=data.get("faces", ""),
-                         non_faces=data.get("non_faces", ""), cache_dir=args.cache_dir,
-                         builtin_non_faces=data.get("builtin_non_faces", 900), seed=data.get("seed", 0))
-    train_idx, val_idx = stratified_split(source.labels, data.get("val_fraction", 0.2), data.get("seed", 0))
+    source, train_idx, val_idx = manifest_split(data, args.cache_dir)
     versions = ", ".join(f"{k} {e['version']}" for k, e in manifest["models"].items())
     data_line = (f"data: source '{src_name}' (seed {data.get('seed', 0)}, val fraction {data.get('val_fraction', 0.2)})"
                  f"; models: {versions} (manifest {manifest['created']})")

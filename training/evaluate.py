@@ -21,7 +21,7 @@ import onnxruntime as ort
 from training.config import default_cache_dir
 from training.data.h5 import DataError, H5Source
 from training.data.image import to_model_input
-from training.data.sources import open_source, stratified_split
+from training.data.sources import manifest_split, open_source, stratified_split
 from training.metrics import binary_metrics, group_metrics
 
 log = logging.getLogger(__name__)
@@ -151,18 +151,15 @@ def run(args: argparse.Namespace) -> dict:
     manifest = load_manifest(models_dir)
     data = manifest.get("data", {})
     if args.source == "manifest":
-        src = data.get("source", "builtin")
-        source = open_source(src, h5=data.get("path", "") if src == "h5" else "", faces=data.get("faces", ""),
-                             non_faces=data.get("non_faces", ""), cache_dir=args.cache_dir,
-                             builtin_non_faces=data.get("builtin_non_faces", 1400), seed=data.get("seed", 0))
+        source, _, indices = manifest_split(data, args.cache_dir)
         split = args.split or "val"
     else:
         source = open_source(args.source, h5=args.h5, faces=args.faces, non_faces=args.non_faces,
                              cache_dir=args.cache_dir)
         split = args.split or "all"
-    if split == "val":
-        _, indices = stratified_split(source.labels, data.get("val_fraction", 0.2), data.get("seed", 0))
-    else:
+        if split == "val":  # the same fraction and seed as the manifest's training split
+            indices = stratified_split(source.labels, data.get("val_fraction", 0.2), data.get("seed", 0))[1]
+    if split == "all":
         indices = np.arange(len(source))
     result = evaluate_models(models_dir, manifest, source, indices)
     result["split"] = split

@@ -40,3 +40,14 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
         val.append(idx[:n_val])
         train.append(idx[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+def manifest_split(data: dict, cache_dir: str) -> tuple[H5Source, np.ndarray, np.ndarray]:
+    """Re-open the data a manifest's models were trained on (its `data` entry) and the same split:
+    -> (source, train indices, val indices)."""
+    name = data.get("source", "builtin")
+    source = open_source(name, h5=data.get("path", "") if name == "h5" else "", faces=data.get("faces", ""),
+                         non_faces=data.get("non_faces", ""), cache_dir=cache_dir,
+                         builtin_non_faces=data.get("builtin_non_faces", 1400), seed=data.get("seed", 0))
+    train_idx, val_idx = stratified_split(source.labels, data.get("val_fraction", 0.2), data.get("seed", 0))
+    return source, train_idx, val_idx
