@@ -160,10 +160,10 @@ def test_augmentation_is_seeded_in_range_and_off_when_zero():
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     assert float(a.min()) >= 0 and float(a.max()) <= 1
     still = TrainConfig(flip=0, rotate=0, shift=0, scale_min=1, scale_max=1, brightness=0, contrast=0,
-                        colour=0, grey=0)
+                        colour=0, grey=0, noise=0)
     assert torch.allclose(augment(x, still, torch.Generator().manual_seed(1)), x, atol=1e-5)
     flipped = TrainConfig(flip=1, rotate=0, shift=0, scale_min=1, scale_max=1, brightness=0, contrast=0,
-                          colour=0, grey=0)
+                          colour=0, grey=0, noise=0)
     assert torch.allclose(augment(x, flipped, torch.Generator()), x.flip(-1), atol=1e-5)
 
 
@@ -171,10 +171,26 @@ def test_zoom_out_places_the_image_in_a_real_background():
     faces = torch.from_numpy(lfw_faces(2).transpose(0, 3, 1, 2).copy()).float() / 255
     scene = torch.from_numpy(photo_patches(1).transpose(0, 3, 1, 2).copy()).float() / 255
     half = TrainConfig(flip=0, rotate=0, shift=0, scale_min=0.5, scale_max=0.5, brightness=0, contrast=0,
-                       colour=0, grey=0)
+                       colour=0, grey=0, noise=0)
     out = augment(faces, half, torch.Generator().manual_seed(0), backgrounds=scene)
     # The face shrinks to the central 32x32; the frame around it is the scene, untouched.
     torch.testing.assert_close(out[:, :, :8], scene.expand(2, -1, -1, -1)[:, :, :8])
     torch.testing.assert_close(out[:, :, :, -8:], scene.expand(2, -1, -1, -1)[:, :, :, -8:])
     small = torch.nn.functional.avg_pool2d(faces, 2)
     assert float((out[:, :, 18:46, 18:46] - small[:, :, 2:30, 2:30]).abs().mean()) < 0.03
+
+
+def test_occlusion_covers_part_of_the_image_with_a_real_scene():
+    faces = torch.from_numpy(lfw_faces(8).transpose(0, 3, 1, 2).copy()).float() / 255
+    scene = torch.from_numpy(photo_patches(1).transpose(0, 3, 1, 2).copy()).float() / 255
+    cfg = TrainConfig(flip=0, rotate=0, shift=0, scale_min=1, scale_max=1, brightness=0, contrast=0, colour=0,
+                      grey=0, noise=0, occlude=1.0)
+    out = augment(faces, cfg, torch.Generator().manual_seed(3), backgrounds=scene)
+    from_scene = (out - scene).abs().amax(1) < 1e-6  # [N, H, W]: pixels taken from the scene
+    untouched = (out - faces).abs().amax(1) < 1e-6
+    assert torch.all(from_scene | untouched)
+    covered = from_scene.float().mean(dim=(1, 2))
+    assert torch.all((covered > 0.02) & (covered < 0.3))  # one 5-25% rectangle each (edges rounded)
+    none = augment(faces, TrainConfig(**{**cfg.to_dict(), "occlude": 0.0}), torch.Generator().manual_seed(3),
+                   backgrounds=scene)
+    torch.testing.assert_close(none, faces, atol=1e-5, rtol=0)

@@ -42,6 +42,8 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
         inside = (grid.abs() <= 1).all(-1).unsqueeze(1)  # [N, 1, H, W]: where the source image lands
         pick = torch.randint(len(backgrounds), (n,), generator=g, device=dev)
         x = torch.where(inside, warped, backgrounds[pick])
+        if cfg.occlude > 0:
+            x = _occlude(x, backgrounds, cfg.occlude, g)
 
     # Photometric: per-channel gain (colour), grey, contrast around the mean, brightness.
     gains = 1 + (torch.rand(n, 3, 1, 1, generator=g, device=dev) * 2 - 1) * cfg.colour
@@ -52,4 +54,26 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     contrast = 1 + (torch.rand(n, 1, 1, 1, generator=g, device=dev) * 2 - 1) * cfg.contrast
     brightness = (torch.rand(n, 1, 1, 1, generator=g, device=dev) * 2 - 1) * cfg.brightness
-    return ((x - mean) * contrast + mean + brightness).clamp(0, 1)
+    x = (x - mean) * contrast + mean + brightness
+    if cfg.noise > 0:
+        x = x + torch.randn(x.shape, generator=g, device=dev) * cfg.noise
+    return x.clamp(0, 1)
+
+
+def _occlude(x: torch.Tensor, backgrounds: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """With probability p, cover a random rectangle (5-25% of the area) with the same place of a real
+    scene, as glasses, a hand or a hat brim would: no single region of a face may decide the answer."""
+    n, dev = x.shape[0], x.device
+    h, w = x.shape[-2:]
+    area = _uniform(n, 0.05, 0.25, g, dev)
+    aspect = torch.exp(_uniform(n, -math.log(2), math.log(2), g, dev))
+    rh, rw = (area * aspect).sqrt() * h, (area / aspect).sqrt() * w  # [N] each
+    y0 = torch.rand(n, generator=g, device=dev) * (h - rh).clamp(min=0)
+    x0 = torch.rand(n, generator=g, device=dev) * (w - rw).clamp(min=0)
+    ys = torch.arange(h, device=dev).view(1, h, 1)
+    xs = torch.arange(w, device=dev).view(1, 1, w)
+    box = ((ys >= y0.view(-1, 1, 1)) & (ys < (y0 + rh).view(-1, 1, 1))
+           & (xs >= x0.view(-1, 1, 1)) & (xs < (x0 + rw).view(-1, 1, 1)))  # [N, H, W]
+    box &= (torch.rand(n, generator=g, device=dev) < p).view(-1, 1, 1)
+    pick = torch.randint(len(backgrounds), (n,), generator=g, device=dev)
+    return torch.where(box.unsqueeze(1), backgrounds[pick], x)
