@@ -181,3 +181,15 @@ def test_readme_metrics_table_comes_from_the_manifest(trained, tmp_path):
     auc = manifest["models"]["dbvae"]["metrics"]["val"]["roc_auc"]
     assert "old" not in text and text.endswith("<!-- metrics:end -->\ntail\n")
     assert f"| dbvae | `{manifest['models']['dbvae']['version']}` |" in text and f"{auc:.3f}" in text
+
+
+def test_worker_processes_read_the_same_batches(cache):
+    """--workers N hands the lazily opened h5 source to DataLoader processes: same images, same order."""
+    source = open_source("builtin", cache_dir=cache, builtin_non_faces=200)
+    torch.manual_seed(0)
+    model = DBVAE(ModelConfig(latent_dim=8))
+    idx = np.arange(0, len(source), 7)
+    p0, mu0 = predict(model, source, idx, torch.device("cpu"), batch=16, workers=0, with_mu=True)
+    p2, mu2 = predict(model, source, idx, torch.device("cpu"), batch=16, workers=2, with_mu=True)
+    np.testing.assert_array_equal(p0, p2)
+    torch.testing.assert_close(mu0, mu2, rtol=0, atol=0)
