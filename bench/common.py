@@ -102,3 +102,11 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     return path
+
+
+def finish(name: str, result: dict) -> int:
+    """Every benchmark's last step: the load warning (if any), the JSON file, exit status 0."""
+    if result.get("note"):
+        print(result["note"])
+    print(f"wrote {write_result(name, result)}")
+    return 0

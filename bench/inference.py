@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.common import latency_summary, load_note, machine, table, time_calls, write_result
+from bench.common import finish, latency_summary, load_note, machine, table, time_calls
 from training.checkpoint import load_checkpoint
 from training.model import EncoderGraph
 
@@ -164,10 +164,7 @@ def main(argv=None) -> int:
     print(table(result["rows"], COLUMNS))
     print("img/s: over all timed calls; img/s@p50: batch / median latency; ORT/PT: ratio of img/s@p50 "
           "(robust to stalls caused by other processes).")
-    if result["note"]:
-        print(result["note"])
-    print(f"wrote {write_result(args.out, result)}")
-    return 0
+    return finish(args.out, result)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from sklearn.ensemble import RandomForestClassifier
 from skimage.feature import haar_like_feature, haar_like_feature_coord
 from skimage.transform import integral_image, resize
 
-from bench.common import load_note, machine, table, write_result
+from bench.common import finish, load_note, machine, table
 from training.config import default_cache_dir
 from training.data.image import to_model_input
 from training.data.sources import manifest_split, open_source
@@ -186,10 +186,7 @@ def main(argv=None) -> int:
         print(table(rows, cols))
     print(f"haar-rf trained on {result['data']['rf_train_images']} training-split images "
           f"({result['data']['rf_train_faces']} faces) in {result['settings']['haar_rf_fit_s']:.1f} s")
-    if result["note"]:
-        print(result["note"])
-    print(f"wrote {write_result(args.out, result)}")
-    return 0
+    return finish(args.out, result)
 
 
 if __name__ == "__main__":

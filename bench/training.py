@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import load_note, machine, table, write_result
+from bench.common import finish, load_note, machine, table
 from training.augment import augment
 from training.config import TrainConfig
 from training.data.h5 import H5Source, H5Writer
@@ -216,10 +216,7 @@ def main(argv=None) -> int:
                  {"impl": "NumPy loop per dimension (lab)", "s": c["numpy_per_dimension_s"]}],
                 [("impl", "implementation", ""), ("s", "seconds", ".3f")]))
     print(f"speed-up {c['speedup']:.2f}x ({c['timing']}), max abs difference {c['max_abs_diff']:.2e}")
-    if result["note"]:
-        print(result["note"])
-    print(f"wrote {write_result(args.out, result)}")
-    return 0
+    return finish(args.out, result)
 
 
 if __name__ == "__main__":

@@ -5,21 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.training import lab_probabilities
 from training.resampling import distribution_stats, histogram_bins, sampling_probabilities
-
-
-def per_dimension_numpy(mu: np.ndarray, bins: int = 10, alpha: float = 1e-3) -> np.ndarray:
-    """The MIT 6.S191 lab's loop, one latent dimension at a time."""
-    p = np.zeros(mu.shape[0])
-    for i in range(mu.shape[1]):
-        density, edges = np.histogram(mu[:, i], density=True, bins=bins)
-        edges[0], edges[-1] = -np.inf, np.inf
-        idx = np.digitize(mu[:, i], edges)
-        smoothed = density + alpha
-        smoothed = smoothed / smoothed.sum()
-        w = 1.0 / smoothed[idx - 1]
-        p = np.maximum(p, w / w.sum())
-    return p / p.sum()
 
 
 def test_rare_mode_gets_higher_probability():
@@ -37,7 +24,7 @@ def test_vectorised_equals_per_dimension_numpy():
     rng = np.random.default_rng(1)
     mu = np.concatenate([rng.normal(size=(500, 16)), rng.standard_t(2, size=(37, 16)) * 3])
     got = sampling_probabilities(torch.from_numpy(mu), bins=10, smoothing=1e-3).numpy()
-    np.testing.assert_allclose(got, per_dimension_numpy(mu), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(got, lab_probabilities(mu), rtol=1e-9, atol=1e-15)
 
 
 def test_outer_edges_are_open_with_shared_edges():
