@@ -1,7 +1,8 @@
 """Decode an upload and turn it into model input, exactly as training does.
 
 The steps mirror training/data/image.py (the service may not import it; a test compares both on the
-same files): decode -> EXIF orientation -> RGB -> centre square crop -> bilinear resize -> /255, NCHW.
+same files): decode (JPEG at a reduced DCT scale) -> EXIF orientation -> RGB -> centre square crop ->
+bilinear resize -> /255, NCHW.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def centre_square(im: Image.Image) -> Image.Image:
 
 def prepare(im: Image.Image, size: int) -> np.ndarray:
     """Decoded image -> uint8 [size, size, 3] RGB."""
-    im = ImageOps.exif_transpose(im)
+    ImageOps.exif_transpose(im, in_place=True)  # in place: the default returns a copy even when upright
     im = to_rgb(im)
     im = centre_square(im)
     im = im.resize((size, size), Image.Resampling.BILINEAR)
@@ -62,6 +63,7 @@ def decode(data: bytes, *, size: int, max_pixels: int, label: str = "image") -> 
         with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
             if im.width * im.height > max_pixels:
                 raise _too_many_pixels(label, im.width, im.height, max_pixels)
+            im.draft(None, (2 * size, 2 * size))  # JPEG only: see training/data/image.py, load_image
             im.load()
             return prepare(im, size)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

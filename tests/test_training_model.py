@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training.model import DBVAE, FaceCNN, ModelConfig, cnn_loss, dbvae_loss, kl_loss, reconstruction_loss
 
@@ -138,3 +139,40 @@ def test_front_end_grey_and_lowpass():
     colour_blind = FaceCNN(ModelConfig(front_end="grey")).eval()
     recoloured = x[:, [2, 1, 0]] * 0 + grey  # another colouring with the same luma
     torch.testing.assert_close(colour_blind(x), colour_blind(recoloured), atol=1e-5, rtol=1e-5)
+
+
+def test_grey_low_pass_is_smoothing_the_luma():
+    """The fused strided luma conv equals the plain recipe: luma, 2x2 mean, bilinear back up."""
+    from training.model import FrontEnd
+
+    x = torch.rand(3, 3, 64, 64)
+    luma = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:]
+    expected = F.interpolate(F.avg_pool2d(luma, 2), size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(FrontEnd("grey-lowpass")(x), expected.expand(-1, 3, -1, -1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(FrontEnd("grey-lowpass", replicate=False)(x), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("front_end", ["grey", "grey-lowpass", "lowpass", "none"])
+@pytest.mark.parametrize("kind", ["cnn", "dbvae"])
+def test_folded_front_end_computes_the_same_function(kind, front_end):
+    from training.model import build_model, fold_front_end
+
+    torch.manual_seed(0)
+    model = build_model(kind, ModelConfig(front_end=front_end)).eval()
+    with torch.no_grad():  # trained-looking batch-norm statistics, so the fold is tested beyond the identity
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    folded = fold_front_end(model)
+    x = torch.rand(5, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x) if kind == "cnn" else model.encode(x)
+        got = folded(x) if kind == "cnn" else folded.encode(x)
+    for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+    net = folded.net if kind == "cnn" else folded.encoder
+    assert net[1][0].in_channels == (1 if "grey" in front_end else 3)
+    assert (folded is model) == ("grey" not in front_end)
+    first = (model.net if kind == "cnn" else model.encoder)[1][0]
+    assert first.weight.shape[1] == 3  # the trained model itself is left as it was

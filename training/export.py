@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from training.model import DBVAE, DecoderGraph, EncoderGraph, FaceCNN
+from training.model import DBVAE, DecoderGraph, EncoderGraph, FaceCNN, fold_front_end
 
 OPSET = 18
 PARITY_ATOL = 1e-4
@@ -49,9 +49,14 @@ def _quiet_exporter():
 
 
 def export_graph(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
-                 output_names: list[str], parity_batches: tuple[int, ...] = (1, 7), seed: int = 0) -> float:
-    """Export `module` to `path`; -> the max abs difference ORT vs PyTorch (raises ParityError above 1e-4)."""
+                 output_names: list[str], parity_batches: tuple[int, ...] = (1, 7), seed: int = 0,
+                 reference: torch.nn.Module | None = None) -> float:
+    """Export `module` to `path`; -> the max abs difference ORT vs PyTorch (raises ParityError above 1e-4).
+
+    Parity is checked against `reference` when given: the trained model that `module` was folded from.
+    """
     module = module.eval().cpu()
+    reference = (reference or module).eval().cpu()
     batch = torch.export.Dim("batch", min=1, max=4096)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.onnx")
@@ -61,7 +66,7 @@ def export_graph(module: torch.nn.Module, example: torch.Tensor, path: Path, inp
                                     external_data=False, verbose=False)
     program.save(str(tmp), external_data=False)
     onnx.checker.check_model(str(tmp), full_check=True)
-    err = check_parity(module, tmp, input_name, output_names, example.shape[1:], parity_batches, seed)
+    err = check_parity(reference, tmp, input_name, output_names, example.shape[1:], parity_batches, seed)
     os.replace(tmp, path)
     return err
 
@@ -93,14 +98,14 @@ def check_parity(module, path: Path, input_name: str, output_names: list[str], i
 
 def export_cnn(model: FaceCNN, out_dir: Path) -> dict:
     example = torch.rand(2, 3, model.cfg.image_size, model.cfg.image_size)
-    err = export_graph(model, example, out_dir / "cnn.onnx", "image", ["logit"])
+    err = export_graph(fold_front_end(model), example, out_dir / "cnn.onnx", "image", ["logit"], reference=model)
     return {"graphs": {"classifier": "cnn.onnx"}, "parity_max_abs_error": err}
 
 
 def export_dbvae(model: DBVAE, out_dir: Path) -> dict:
     s, d = model.cfg.image_size, model.cfg.latent_dim
-    err_enc = export_graph(EncoderGraph(model), torch.rand(2, 3, s, s), out_dir / "dbvae_encoder.onnx", "image",
-                           ["logit", "mu", "logvar"])
+    err_enc = export_graph(EncoderGraph(fold_front_end(model)), torch.rand(2, 3, s, s), out_dir / "dbvae_encoder.onnx",
+                           "image", ["logit", "mu", "logvar"], reference=EncoderGraph(model))
     err_dec = export_graph(DecoderGraph(model), torch.randn(2, d), out_dir / "dbvae_decoder.onnx", "z", ["image"])
     return {"graphs": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx"},
             "parity_max_abs_error": max(err_enc, err_dec)}
@@ -139,8 +144,8 @@ def write_manifest(out_dir: Path, models: dict, latent_dim: int, image_size: int
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "input": {"name": "image", "layout": "NCHW", "channels": 3, "size": image_size, "channel_order": "RGB",
                   "dtype": "float32", "range": [0.0, 1.0],
-                  "preprocess": ["exif_transpose", "to_rgb", "centre_square_crop", f"resize_bilinear_{image_size}",
-                                 "scale_1_255"]},
+                  "preprocess": ["decode_jpeg_draft_2x", "exif_transpose", "to_rgb", "centre_square_crop",
+                                 f"resize_bilinear_{image_size}", "scale_1_255"]},
         "latent_dim": latent_dim,
         "models": models,
         "files": files,

@@ -6,6 +6,7 @@ All images are float32 RGB NCHW [N, 3, 64, 64] in [0, 1].
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -45,20 +46,29 @@ class FrontEnd(nn.Module):
     "grey": RGB -> luma replicated to 3 channels, so colour carries no signal (the built-in faces are grey).
     "lowpass": 2x average-pool then bilinear up-sampling, so a sharp photo looks like the soft, up-sampled
     25-pixel crops of the built-in set instead of something the model never saw.
+    With replicate=False a grey front end hands on the single luma channel (see fold_front_end).
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, replicate: bool = True):
         super().__init__()
         self.grey = "grey" in kind
         self.lowpass = "lowpass" in kind
-        self.register_buffer("luma", torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1), persistent=False)
+        self.replicate = replicate
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        self.register_buffer("luma", luma, persistent=False)
+        self.register_buffer("luma_pool", luma.expand(1, 3, 2, 2) / 4, persistent=False)  # luma of a 2x2 mean
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
         if self.grey:
-            x = (x * self.luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)  # [N, 3, H, W], R = G = B
+            # Luma and the low-pass's 2x2 mean are both linear: one strided conv does both. [N, 1, H/2, W/2]
+            x = F.conv2d(x, self.luma_pool, stride=2) if self.lowpass else F.conv2d(x, self.luma)
+        elif self.lowpass:
+            x = F.avg_pool2d(x, 2)  # [N, 3, H/2, W/2]
         if self.lowpass:
-            h, w = x.shape[-2:]
-            x = F.interpolate(F.avg_pool2d(x, 2), size=(h, w), mode="bilinear", align_corners=False)
+            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)  # [N, C, H, W]
+        if self.grey and self.replicate:
+            x = x.expand(-1, 3, -1, -1)  # [N, 3, H, W], R = G = B
         return x
 
 
@@ -190,6 +200,27 @@ class DecoderGraph(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.model.decode(z)
+
+
+def fold_front_end(model: FaceCNN | DBVAE) -> FaceCNN | DBVAE:
+    """A copy of `model` for export that does the same sums with less work.
+
+    With a grey front end the first conv sees three equal channels, so conv(W, [g, g, g]) = conv(W.sum(1), g):
+    the copy keeps the luma channel single and sums the first conv's weights over their input channels,
+    a third of that conv's multiply-adds and none of the replication or of the 3-channel low-pass. Equal up
+    to float rounding (export checks it against `model`); any other front end returns `model` itself.
+    """
+    if "grey" not in model.cfg.front_end:
+        return model
+    folded = copy.deepcopy(model).eval()
+    net = folded.net if isinstance(folded, FaceCNN) else folded.encoder
+    net[0] = FrontEnd(model.cfg.front_end, replicate=False)
+    conv = net[1][0]  # the first ConvBlock's conv: weight [C_out, 3, k, k]
+    folded_conv = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
+    with torch.no_grad():
+        folded_conv.weight.copy_(conv.weight.sum(1, keepdim=True))  # [C_out, 1, k, k]
+    net[1][0] = folded_conv
+    return folded
 
 
 def build_model(kind: str, cfg: ModelConfig) -> nn.Module:
