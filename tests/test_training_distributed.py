@@ -151,3 +151,35 @@ def test_a_dead_rank_stops_the_run_with_an_error(cache, tmp_path):
     out, _ = proc.communicate(timeout=120)  # stops, no hang
     assert proc.returncode != 0
     assert "training FAILED" in out and "Root Cause" in out and "SIGKILL" in out  # torchrun names the dead rank
+
+
+def test_gpu_ranks_get_their_local_gpu_and_nccl(monkeypatch):
+    """No GPU here, so CUDA is the one edge faked: rank 3 of 4 on its host's GPU 1 must join with NCCL on
+    cuda:1 (device_id given, so NCCL binds the right GPU at once); a CPU device joins with gloo."""
+    from datetime import timedelta
+
+    from training import distributed
+
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("set_device", i))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **kw: calls.setdefault("init", []).append((backend, kw)))
+    world = Dist(rank=3, world=4, local_rank=1)
+    device = distributed.device_for(world, "auto")
+    assert device == torch.device("cuda", 1) and calls["set_device"] == 1
+    distributed.init(world, device, timeout_s=90)
+    distributed.init(world, torch.device("cpu"), timeout_s=90)
+    assert calls["init"] == [("nccl", {"timeout": timedelta(seconds=90), "device_id": torch.device("cuda", 1)}),
+                             ("gloo", {"timeout": timedelta(seconds=90)})]
+    assert distributed.device_for(world, "cpu") == torch.device("cpu")
+
+
+def test_asking_for_cuda_without_one_is_a_clear_error(monkeypatch):
+    from training import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.device_for(Dist(), "auto") == torch.device("cpu")
+    with pytest.raises(RuntimeError, match="sees no CUDA device"):
+        distributed.device_for(Dist(), "cuda")
