@@ -7,9 +7,9 @@ Every server is its own process, started the way a user starts it (`python -m se
 models/; the references with `python -m bench.load_peers floor|naive --port P`, see that file), and is driven
 by a separate load-generator process (bench/load_client.py) at each concurrency for a bounded time. Servers:
 
-* detect        — the service's /detect (DB-VAE), FACEDET_MICRO_BATCH_MAX=0 (micro-batching off)
+* detect        — the service's /detect (DB-VAE) as it starts by default: micro-batching off
 * detect+batch  — the same with micro-batching on (FACEDET_MICRO_BATCH_MAX and _WAIT_MS from --batch-max and
-                  --batch-wait-ms)
+                  --batch-wait-ms; 16 images, no wait by default)
 * floor         — bare FastAPI endpoint, same multipart upload, constant JSON
 * naive         — Pillow decode + PyTorch eager DB-VAE encoder from checkpoints/dbvae.pt, one request at a time
                   (skipped, with a note, when the checkpoint is missing: a fresh clone has only models/)
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
                     help="seconds of unmeasured traffic per payload before the first cell (0: none)")
     ap.add_argument("--servers", nargs="+", default=["detect", "detect+batch", "floor", "naive"],
                     choices=["detect", "detect+batch", "floor", "naive"])
-    ap.add_argument("--batch-max", type=int, default=8, help="FACEDET_MICRO_BATCH_MAX for detect+batch")
+    ap.add_argument("--batch-max", type=int, default=16, help="FACEDET_MICRO_BATCH_MAX for detect+batch")
     ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="FACEDET_MICRO_BATCH_WAIT_MS for detect+batch")
     ap.add_argument("--checkpoint", default="checkpoints/dbvae.pt", help="the naive peer's PyTorch model")
     ap.add_argument("--out", default="load")
