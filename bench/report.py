@@ -35,7 +35,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 from training.config import default_cache_dir  # noqa: E402
 from training.data.image import to_model_input  # noqa: E402
 from training.data.sources import manifest_split, open_source  # noqa: E402
-from training.evaluate import CLASSIFIER_GRAPH, evaluate_models, load_manifest  # noqa: E402
+from training.evaluate import CLASSIFIER_GRAPH, evaluate_models, group_chart, load_manifest  # noqa: E402
 from training.metrics import binary_metrics  # noqa: E402
 from training.resampling import sampling_probabilities  # noqa: E402
 
@@ -171,27 +171,6 @@ def morph(enc, dec, a: np.ndarray, b: np.ndarray, steps: int, out: Path, footer:
     return save(fig, out, "morph.png", footer)
 
 
-def groups_figure(result: dict, out: Path, footer: str) -> Path | None:
-    """Face accuracy (recall) per group, CNN vs DB-VAE, with the best-worst gap in the legend."""
-    per = {k: m["per_group"] for k, m in result["models"].items() if "per_group" in m}
-    if not per:
-        return None
-    groups = sorted({g for pg in per.values() for g in pg["groups"]})
-    fig, ax = plt.subplots(figsize=(2.5 + 1.2 * len(groups), 3.8))
-    width = 0.8 / len(per)
-    for i, (kind, pg) in enumerate(per.items()):
-        xs = np.arange(len(groups)) + (i - (len(per) - 1) / 2) * width
-        ax.bar(xs, [pg["groups"].get(g, {}).get("accuracy", np.nan) for g in groups], width,
-               color=COLOURS.get(kind), label=f"{kind.upper()} (gap {pg['gap']:.3f})")
-    ax.set_xticks(np.arange(len(groups)),
-                  [f"{g}\nn={next(iter(per.values()))['groups'].get(g, {}).get('n', 0)}" for g in groups])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("face accuracy (recall)")
-    ax.set_title("Face accuracy per group", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
-    return save(fig, out, "groups.png", footer)
-
-
 def run(args) -> list[tuple[str, Path]]:
     out, models_dir = Path(args.out), Path(args.models_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,8 +229,9 @@ def run(args) -> list[tuple[str, Path]]:
         d = result["data"]
         foot = (f"Folder set {args.faces} ({d['faces']} faces in group sub-folders) + {args.non_faces} "
                 f"({d['non_faces']} non-faces), every image; ONNX models {versions}.")
-        chart = groups_figure(result, out, foot)
+        chart = group_chart(result, out / "groups.png", foot, COLOURS)
         if chart:
+            print(f"wrote {chart}")
             figures.append((f"Face accuracy per group ({args.faces})", chart))
     write_index(out, figures, data_line)
     return figures

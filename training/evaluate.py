@@ -99,28 +99,33 @@ def update_readme(readme: Path, manifest: dict) -> None:
     readme.write_text(head + start + "\n" + manifest_markdown(manifest) + "\n" + end + rest.split(end, 1)[1])
 
 
-def group_chart(result: dict, path: Path) -> Path | None:
-    """Bar chart of face accuracy per group, one bar per model; None when the set has no groups."""
-    models = {k: m["per_group"]["groups"] for k, m in result["models"].items() if "per_group" in m}
-    if not models:
+def group_chart(result: dict, path: Path, footer: str = "", colours: dict | None = None) -> Path | None:
+    """Face accuracy (recall) per group, one bar per model with its best-worst gap in the legend; None when the
+    set has no groups. `footer` (where the data came from) is printed under the chart."""
+    per = {k: m["per_group"] for k, m in result["models"].items() if "per_group" in m}
+    if not per:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({g for per in models.values() for g in per})
-    width = 0.8 / len(models)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(groups), 3.6))
-    for i, (kind, per) in enumerate(models.items()):
-        xs = np.arange(len(groups)) + (i - (len(models) - 1) / 2) * width
-        ax.bar(xs, [per.get(g, {}).get("accuracy", np.nan) for g in groups], width, label=kind.upper())
-    ax.set_xticks(np.arange(len(groups)), groups)
-    ax.set_ylim(0, 1)
+    groups = sorted({g for pg in per.values() for g in pg["groups"]})
+    counts = next(iter(per.values()))["groups"]  # the same faces for every model
+    width = 0.8 / len(per)
+    fig, ax = plt.subplots(figsize=(2.5 + 1.2 * len(groups), 3.8))
+    for i, (kind, pg) in enumerate(per.items()):
+        xs = np.arange(len(groups)) + (i - (len(per) - 1) / 2) * width
+        ax.bar(xs, [pg["groups"].get(g, {}).get("accuracy", np.nan) for g in groups], width,
+               color=(colours or {}).get(kind), label=f"{kind.upper()} (gap {pg['gap']:.3f})")
+    ax.set_xticks(np.arange(len(groups)), [f"{g}\nn={counts.get(g, {}).get('n', 0)}" for g in groups])
+    ax.set_ylim(0, 1.05)
     ax.set_ylabel("face accuracy (recall)")
-    ax.set_title("Accuracy per group")
-    ax.legend()
-    fig.tight_layout()
+    ax.set_title("Face accuracy per group", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    if footer:
+        fig.text(0.01, 0.005, footer, fontsize=7, color="0.3", ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.05 if footer else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
