@@ -1,8 +1,14 @@
 """Benchmark 5's Python half (bench/gpu_check.sh runs it): ONNX Runtime CUDA vs CPU parity on the committed
-models, and the one summary table of the whole check.
+models, the record of the short torchrun training, and the one summary table of the whole check.
 
     python -m bench.gpu_check parity                 # -> bench/results/gpu_check_parity.json
+    python -m bench.gpu_check torchrun --models-dir D --procs N --status S --seconds T --log F
+                                                     # -> bench/results/gpu_check_torchrun.json
     python -m bench.gpu_check summary [--skipped "part: reason" ...]   # -> bench/results/gpu_check.json
+
+torchrun: the README's training command under torchrun with one process per visible GPU, one short epoch
+(issue 5 on real GPUs: device per local rank, and NCCL once there are two GPUs or more; a single GPU runs
+one process, which trains on CUDA without any collective).
 
 Parity: every graph in models/ (CNN, DB-VAE encoder, DB-VAE decoder) runs the same seeded batch on the CPU
 provider and on the CUDA provider with the service's provider list (CUDA first, CPU as fallback, default
@@ -74,6 +80,17 @@ def load(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def torchrun_record(models_dir: Path, procs: int, status: int, seconds: float, log: Path) -> dict:
+    manifest_path = models_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if status == 0 and manifest_path.is_file() else None
+    tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
+    return {"machine": machine(), "processes": procs, "status": status, "seconds": seconds,
+            "backend": ("nccl" if procs > 1 else "none (one process)") if machine()["cuda"] else "gloo",
+            "models": {k: {"version": e["version"], "val": e["metrics"].get("val", {})}
+                       for k, e in (manifest or {}).get("models", {}).items()},
+            "log_tail": tail}
+
+
 def summary(skipped: list[str]) -> list[dict]:
     rows = [{"part": part.strip(), "item": "-", "result": "SKIPPED", "detail": reason.strip()}
             for part, _, reason in (s.partition(":") for s in skipped)]
@@ -100,6 +117,14 @@ def summary(skipped: list[str]) -> list[dict]:
         rows.append({"part": "3 training", "item": "resampling probabilities", "result": f"{c['speedup']:.1f}x numpy",
                      "detail": f"{c['vectorised_s']:.3f} s vs {c['numpy_per_dimension_s']:.3f} s over "
                                f"[{c['faces']:,}, {c['latent_dim']}], max |diff| {c['max_abs_diff']:.1e}"})
+    run = load("gpu_check_torchrun")
+    if run:
+        ok = run["status"] == 0 and run["models"]
+        rows.append({"part": "torchrun", "item": f"{run['processes']} process(es), backend {run['backend']}",
+                     "result": "ok" if ok else f"FAIL (status {run['status']})",
+                     "detail": f"{run['seconds']:.0f} s, 1 short epoch; " + (
+                         ", ".join(f"{k} val bal. acc {m['val'].get('balanced_accuracy', float('nan')):.3f}"
+                                   for k, m in run["models"].items()) if ok else " | ".join(run["log_tail"]))})
     par = load("gpu_check_parity")
     if par:
         if par.get("skipped"):
@@ -116,10 +141,18 @@ def summary(skipped: list[str]) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["parity", "summary"])
+    ap.add_argument("what", choices=["parity", "torchrun", "summary"])
     ap.add_argument("--models-dir", default="models")
     ap.add_argument("--skipped", action="append", default=[], help='"part: reason" rows for the summary')
+    ap.add_argument("--procs", type=int, default=1, help="torchrun: processes started")
+    ap.add_argument("--status", type=int, default=0, help="torchrun: its exit status")
+    ap.add_argument("--seconds", type=float, default=0.0, help="torchrun: its wall time")
+    ap.add_argument("--log", default="", help="torchrun: its output, for the last lines on failure")
     args = ap.parse_args(argv)
+    if args.what == "torchrun":
+        result = torchrun_record(Path(args.models_dir), args.procs, args.status, args.seconds, Path(args.log))
+        print(f"wrote {write_result('gpu_check_torchrun', result)}")
+        return 0
     if args.what == "parity":
         result = parity(Path(args.models_dir))
         print(result.get("skipped") or table(result["rows"], [

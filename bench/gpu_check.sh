@@ -5,7 +5,9 @@
 #
 # Installs nothing (GPU machines here have no network) and stays under 5 minutes: benchmark 1
 # (bench/inference.py, PyTorch and ONNX Runtime, CPU and CUDA) and benchmark 3 (bench/training.py, short
-# settings) on the GPU, then ONNX Runtime CUDA vs CPU parity on models/ (bench/gpu_check.py), then one table.
+# settings) on the GPU, the README's training under torchrun with one process per GPU for one short epoch
+# (issue 5; NCCL needs two GPUs or more), then ONNX Runtime CUDA vs CPU parity on models/
+# (bench/gpu_check.py), then one table.
 # A part whose imports or inputs are missing is skipped with the reason in the table instead of failing the
 # run: e.g. h5py absent (benchmark 3), checkpoints/ absent (benchmark 1 compares against the PyTorch models
 # in it, and it is not in git: carry it to the GPU machine). Without a GPU it still runs everything on the
@@ -27,6 +29,7 @@ if ! "$PYTHON" -c "import numpy, onnxruntime" 2>/dev/null; then
     exit 2
 fi
 GPU=$("$PYTHON" -c "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" 2>/dev/null)
+NGPU=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
 if command -v nvidia-smi >/dev/null; then
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 fi
@@ -36,12 +39,14 @@ if [ -z "$GPU" ]; then
     export BENCH_RESULTS_DIR
     INF_ARGS=(--batches 1 8 --seconds 0.3 --rounds 1)
     TRAIN_ARGS=(--steps 2 --encode 256 --file-images 512 --faces 20000 --non-faces 20000)
+    RUN_ARGS=(--nproc_per_node=2 -m training --device cpu --steps-per-epoch 3)
 else
     echo "gpu_check: GPU $GPU"
     INF_ARGS=(--batches 1 8 64 256 --seconds 0.6 --rounds 2)
     TRAIN_ARGS=(--steps 10 --encode 2048 --file-images 2048)
+    RUN_ARGS=(--nproc_per_node="$NGPU" -m training --device cuda --steps-per-epoch 20)
 fi
-rm -f "${BENCH_RESULTS_DIR:-bench/results}"/gpu_check_{inference,training,parity}.json
+rm -f "${BENCH_RESULTS_DIR:-bench/results}"/gpu_check_{inference,training,torchrun,parity}.json
 
 # Benchmark 1: inference engines (needs PyTorch, the training package's model code and checkpoints/).
 why=$(missing bench.inference)
@@ -57,6 +62,20 @@ why=$(missing bench.training)
 if [ -n "$why" ]; then skip "3 training: $why"
 else
     timeout 120 "$PYTHON" -m bench.training "${TRAIN_ARGS[@]}" --out gpu_check_training || skip "3 training: exited with status $?"
+fi
+
+# Issue 5: the README's training command under torchrun, one process per GPU, one short epoch, into a
+# temporary folder (models/ and checkpoints/ are left alone).
+why=$(missing "training.cli, skimage, sklearn, h5py, onnxscript")
+if [ -n "$why" ]; then skip "torchrun: $why"
+else
+    RUN_DIR=$(mktemp -d)
+    T0=$(date +%s)
+    timeout 150 "$PYTHON" -m torch.distributed.run --standalone "${RUN_ARGS[@]}" --epochs 1 --no-progress \
+        --out-dir "$RUN_DIR/models" --checkpoint-dir "$RUN_DIR/ckpt" > "$RUN_DIR/log" 2>&1
+    status=$?
+    "$PYTHON" -m bench.gpu_check torchrun --models-dir "$RUN_DIR/models" --status $status \
+        --procs "$(echo "${RUN_ARGS[0]}" | cut -d= -f2)" --seconds $(( $(date +%s) - T0 )) --log "$RUN_DIR/log"
 fi
 
 # ONNX Runtime CUDA vs CPU on the committed models.
