@@ -42,8 +42,13 @@ def face_groups(root: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[t] for t in tops]), names
 
 
+# Part of the cache key; bumped whenever the decoding in training/data/image.py changes, so a cache converted
+# the old way is not reused. 2: JPEGs decode at a reduced DCT scale.
+DECODE_VERSION = "2"
+
+
 def cache_key(*lists: list[Path]) -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(f"decode {DECODE_VERSION}\n".encode())
     for files in lists:
         for p in files:
             st = p.stat()
