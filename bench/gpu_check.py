@@ -84,8 +84,9 @@ def torchrun_record(models_dir: Path, procs: int, status: int, seconds: float, l
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if status == 0 and manifest_path.is_file() else None
     tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.is_file() else []
-    return {"machine": machine(), "processes": procs, "status": status, "seconds": seconds,
-            "backend": ("nccl" if procs > 1 else "none (one process)") if machine()["cuda"] else "gloo",
+    info = machine()
+    return {"machine": info, "processes": procs, "status": status, "seconds": seconds,
+            "backend": ("nccl" if procs > 1 else "none (one process)") if info["cuda"] else "gloo",
             "models": {k: {"version": e["version"], "val": e["metrics"].get("val", {})}
                        for k, e in (manifest or {}).get("models", {}).items()},
             "log_tail": tail}

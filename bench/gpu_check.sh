@@ -39,12 +39,14 @@ if [ -z "$GPU" ]; then
     export BENCH_RESULTS_DIR
     INF_ARGS=(--batches 1 8 --seconds 0.3 --rounds 1)
     TRAIN_ARGS=(--steps 2 --encode 256 --file-images 512 --faces 20000 --non-faces 20000)
-    RUN_ARGS=(--nproc_per_node=2 -m training --device cpu --steps-per-epoch 3)
+    PROCS=2
+    RUN_ARGS=(--device cpu --steps-per-epoch 3)
 else
     echo "gpu_check: GPU $GPU"
     INF_ARGS=(--batches 1 8 64 256 --seconds 0.6 --rounds 2)
     TRAIN_ARGS=(--steps 10 --encode 2048 --file-images 2048)
-    RUN_ARGS=(--nproc_per_node="$NGPU" -m training --device cuda --steps-per-epoch 20)
+    PROCS=$NGPU
+    RUN_ARGS=(--device cuda --steps-per-epoch 20)
 fi
 rm -f "${BENCH_RESULTS_DIR:-bench/results}"/gpu_check_{inference,training,torchrun,parity}.json
 
@@ -71,11 +73,12 @@ if [ -n "$why" ]; then skip "torchrun: $why"
 else
     RUN_DIR=$(mktemp -d)
     T0=$(date +%s)
-    timeout 150 "$PYTHON" -m torch.distributed.run --standalone "${RUN_ARGS[@]}" --epochs 1 --no-progress \
-        --out-dir "$RUN_DIR/models" --checkpoint-dir "$RUN_DIR/ckpt" > "$RUN_DIR/log" 2>&1
+    timeout 150 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$PROCS" -m training \
+        "${RUN_ARGS[@]}" --epochs 1 --no-progress --out-dir "$RUN_DIR/models" --checkpoint-dir "$RUN_DIR/ckpt" \
+        > "$RUN_DIR/log" 2>&1
     status=$?
-    "$PYTHON" -m bench.gpu_check torchrun --models-dir "$RUN_DIR/models" --status $status \
-        --procs "$(echo "${RUN_ARGS[0]}" | cut -d= -f2)" --seconds $(( $(date +%s) - T0 )) --log "$RUN_DIR/log"
+    "$PYTHON" -m bench.gpu_check torchrun --models-dir "$RUN_DIR/models" --status $status --procs "$PROCS" \
+        --seconds $(( $(date +%s) - T0 )) --log "$RUN_DIR/log"
 fi
 
 # ONNX Runtime CUDA vs CPU on the committed models.

@@ -30,6 +30,7 @@ accuracy alone: the sets are unbalanced.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import time
 from pathlib import Path
@@ -38,6 +39,8 @@ import cv2
 import matplotlib.cbook
 import numpy as np
 import onnxruntime as ort
+from PIL import Image
+from skimage import data as skimage_data
 from sklearn.ensemble import RandomForestClassifier
 from skimage.feature import haar_like_feature, haar_like_feature_coord
 from skimage.transform import integral_image, resize
@@ -128,17 +131,13 @@ def evaluate(detectors: dict, images: np.ndarray, labels: np.ndarray) -> list[di
 def spot_pictures() -> list[tuple[str, int, bytes]]:
     """(name, 1 = face, encoded bytes) of real pictures outside every training split (the built-in set leaves
     out photographs showing people, and matplotlib's sample data is not in it)."""
-    import io
-
-    from PIL import Image
-    from skimage import data
 
     def png(im: Image.Image) -> bytes:
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         return buf.getvalue()
 
-    astronaut = Image.fromarray(data.astronaut())
+    astronaut = Image.fromarray(skimage_data.astronaut())
     hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
     sample = {name: Path(matplotlib.cbook.get_sample_data(name, asfileobj=False)).read_bytes()
               for name in ("Minduka_Present_Blue_Pack.png", "logo2.png")}
