@@ -4,6 +4,7 @@
     python -m bench.ddp                      # 1 vs 2 processes, 110k images (the lab file's order of size)
     python -m bench.ddp --images 20000 --steps 20
     python -m bench.ddp --accuracy           # full default training on the built-in set, 1 vs 2 processes
+    python -m bench.ddp --procs 1 --out gpu_ddp   # a one-GPU machine: the one-process baseline only
 
 Synthetic pixels (no accuracy is measured, only images per second); the resampling pass, which
 encodes every training face, is timed apart from the training steps. Prints a table and writes
@@ -108,6 +109,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=40, help="training steps timed per run")
     ap.add_argument("--batch", type=int, default=64, help="global batch size (the same for 1 and 2 processes)")
     ap.add_argument("--models", default="cnn,dbvae")
+    ap.add_argument("--procs", default="1,2", help="process counts to run (2 processes need 2 GPUs under NCCL)")
+    ap.add_argument("--out", default="ddp", help="result name: bench/results/<out>.json")
     ap.add_argument("--accuracy", action="store_true", help="compare validation accuracy instead of throughput")
     ap.add_argument("--tolerance", type=float, default=0.02, help="--accuracy: allowed balanced-accuracy gap")
     args = ap.parse_args()
@@ -118,23 +121,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         h5 = synthetic_h5(Path(tmp) / "synthetic.h5", args.images)
         for model in args.models.split(","):
-            for procs in (1, 2):
+            for procs in (int(p) for p in args.procs.split(",")):
                 # The same cores either way: one process with all threads, or the threads split between two.
                 rows.append(run(procs, h5, model, args.steps, args.batch, max(1, cores // procs),
                                 Path(tmp) / f"{model}-{procs}"))
     for r in rows:
-        base = next(b for b in rows if b["model"] == r["model"] and b["processes"] == 1)
+        base = min((b for b in rows if b["model"] == r["model"]), key=lambda b: b["processes"])
         r["speed_up"] = r["train_images_per_s"] / base["train_images_per_s"]
-        r["scaling_efficiency"] = r["speed_up"] / r["processes"]
+        r["scaling_efficiency"] = r["speed_up"] * base["processes"] / r["processes"]
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     machine = {"platform": platform.platform(), "cpu_count": cores, "torch": torch.__version__,
-               "cuda": torch.cuda.is_available(), "backend": "nccl" if torch.cuda.is_available() else "gloo"}
+               "cuda": gpu, "backend": "nccl" if gpu else "gloo"}
     print(f"{'model':<6} {'procs':>5} {'threads':>7} {'train img/s':>12} {'speed-up':>9} {'efficiency':>10} "
           f"{'resample s':>10}")
     for r in rows:
         print(f"{r['model']:<6} {r['processes']:>5} {r['threads_per_process']:>7} {r['train_images_per_s']:>12.0f} "
               f"{r['speed_up']:>9.2f} {r['scaling_efficiency']:>10.2f} {r['resample_s']:>10.1f}")
     print(f"machine: {machine}; {args.images} synthetic images, {args.steps} steps of global batch {args.batch}")
-    out = ROOT / "bench" / "results" / "ddp.json"
+    out = ROOT / "bench" / "results" / f"{args.out}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"machine": machine, "settings": vars(args), "rows": rows}, indent=2) + "\n")
 

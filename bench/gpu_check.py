@@ -4,11 +4,26 @@ models, the record of the short torchrun training, and the one summary table of 
     python -m bench.gpu_check parity                 # -> bench/results/gpu_check_parity.json
     python -m bench.gpu_check torchrun --models-dir D --procs N --status S --seconds T --log F
                                                      # -> bench/results/gpu_check_torchrun.json
+    torchrun --standalone --nproc_per_node=N -m bench.gpu_check collectives
+                                                     # -> bench/results/gpu_check_collectives.json
+    python -m bench.gpu_check service                # -> bench/results/gpu_check_service.json
     python -m bench.gpu_check summary [--skipped "part: reason" ...]   # -> bench/results/gpu_check.json
 
 torchrun: the README's training command under torchrun with one process per visible GPU, one short epoch
 (issue 5 on real GPUs: device per local rank, and NCCL once there are two GPUs or more; a single GPU runs
 one process, which trains on CUDA without any collective).
+
+Collectives: the training package's own distributed code on this machine's backend (NCCL on GPUs, gloo on
+CPUs): the global resampling probabilities from sharded latent means (all-reduced edges and bin counts,
+all-gathered shards) against one process over all faces, and one DistributedDataParallel backward step of
+the DB-VAE, whose averaged gradients must be bit-identical on every rank. With one GPU, torchrun starts one
+rank; it still joins an NCCL group of one (so NCCL initialises and runs every collective on the GPU),
+which the training command itself skips for a world of one.
+
+Service: the real app (service.main.create_app, lifespan included) with its default provider list and
+FACEDET_REQUIRE_GPU=1, against the same app on CPUExecutionProvider alone: /readyz must answer 200 with every
+graph on CUDA, and /detect (both models), /reconstruct and /morph must answer 200 with face probabilities
+within 1e-3 of the CPU app's on the quality benchmark's eight real spot-check pictures.
 
 Parity: every graph in models/ (CNN, DB-VAE encoder, DB-VAE decoder) runs the same seeded batch on the CPU
 provider and on the CUDA provider with the service's provider list (CUDA first, CPU as fallback, default
@@ -75,6 +90,84 @@ def parity(models_dir: Path) -> dict:
     return {"machine": info, "tolerance": f"|cuda - cpu| <= {TOLERANCE} * (1 + |cpu|)", "rows": rows}
 
 
+def collectives(faces: int, seed: int = 0) -> dict | None:
+    """One rank's part of the collectives check (under torchrun); rank 0 returns the record."""
+    import time
+
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from training.distributed import Dist, device_for, from_environment, init, shutdown
+    from training.model import ModelConfig, build_model, dbvae_loss
+    from training.resampling import sampling_probabilities
+
+    class GroupOfOne(Dist):
+        enabled = property(lambda self: True)  # collectives go through the backend even for one rank
+
+    world = from_environment()
+    world = world if world.enabled else GroupOfOne()
+    device = device_for(world, "auto")
+    t0 = time.perf_counter()
+    init(world, device, timeout_s=120)
+    gen = torch.Generator().manual_seed(seed)
+    mu = torch.randn(faces, 100, generator=gen) * torch.linspace(0.2, 3.0, 100)  # [N, D], same on every rank
+    p = world.all_gather_cat(sampling_probabilities(world.shard(mu).to(device), 10, 1e-3, world.all_reduce))
+    ref = sampling_probabilities(mu, 10, 1e-3)  # one process, all faces, CPU
+    resampling_diff = float((p.cpu() - ref).abs().max() / ref.max())
+
+    torch.manual_seed(seed)  # same initial weights everywhere (DDP also broadcasts rank 0's)
+    net = build_model("dbvae", ModelConfig()).to(device)
+    model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    gen.manual_seed(seed + 1 + world.rank)  # each rank its own batch, as in training
+    x = torch.rand(16, 3, 64, 64, generator=gen).to(device)
+    y = (torch.arange(16) % 2).float().to(device)
+    dbvae_loss(x, y, *model(x))["loss"].backward()
+    grads = torch.cat([q.grad.flatten() for q in net.parameters()]).double()
+    lo, hi = world.all_reduce(grads.clone(), "min"), world.all_reduce(grads.clone(), "max")
+    same = bool(torch.equal(lo, hi) and torch.isfinite(grads).all())
+    backend = dist.get_backend()
+    world.barrier()
+    shutdown()
+    if not world.is_main:
+        return None
+    return {"machine": machine(), "backend": backend, "ranks": world.world, "device": str(device),
+            "faces": faces, "resampling_max_rel_diff": resampling_diff, "ddp_grads_identical": same,
+            "grad_norm": float(grads.norm()), "seconds": time.perf_counter() - t0,
+            "ok": resampling_diff < 1e-9 and same}
+
+
+def service_check() -> dict:
+    from fastapi.testclient import TestClient
+
+    from bench.quality import spot_pictures
+    from service.main import create_app
+    from service.settings import load_settings
+
+    pictures = spot_pictures()
+    files = [("image", (name, data, "image/png")) for name, _, data in pictures]
+    runs = {}
+    for label, overrides in (("gpu", {"require_gpu": True}), ("cpu", {"providers": ["CPUExecutionProvider"]})):
+        with TestClient(create_app(load_settings(**overrides))) as client:
+            ready = client.get("/readyz")
+            run = {"readyz": ready.status_code, "providers": ready.json().get("providers", {}), "detect": {}}
+            for model in ("dbvae", "cnn"):
+                r = client.post("/detect", params={"model": model}, files=files)
+                run["detect"][model] = ([d["face_probability"] for d in r.json()["results"]]
+                                        if r.status_code == 200 else f"status {r.status_code}: {r.text[:200]}")
+            run["reconstruct"] = client.post("/reconstruct", files=[files[0]]).status_code
+            run["morph"] = client.post("/morph", files={"a": files[0][1], "b": files[2][1]}).status_code
+            runs[label] = run
+    gpu, cpu = runs["gpu"], runs["cpu"]
+    diffs = {m: float(np.abs(np.subtract(gpu["detect"][m], cpu["detect"][m])).max())
+             for m in gpu["detect"] if isinstance(gpu["detect"][m], list) and isinstance(cpu["detect"][m], list)}
+    ok = (gpu["readyz"] == 200 and set(gpu["providers"].values()) == {"CUDAExecutionProvider"}
+          and len(diffs) == 2 and max(diffs.values()) <= 1e-3
+          and gpu["reconstruct"] == gpu["morph"] == 200)
+    return {"machine": machine(), "pictures": [name for name, _, _ in pictures], "runs": runs,
+            "max_abs_diff_probability": diffs, "ok": ok}
+
+
 def load(name: str) -> dict | None:
     path = RESULTS / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
@@ -126,6 +219,22 @@ def summary(skipped: list[str]) -> list[dict]:
                      "detail": f"{run['seconds']:.0f} s, 1 short epoch; " + (
                          ", ".join(f"{k} val bal. acc {m['val'].get('balanced_accuracy', float('nan')):.3f}"
                                    for k, m in run["models"].items()) if ok else " | ".join(run["log_tail"]))})
+    col = load("gpu_check_collectives")
+    if col:
+        rows.append({"part": "collectives", "item": f"{col['ranks']} rank(s), {col['backend']} on {col['device']}",
+                     "result": "ok" if col["ok"] else "FAIL",
+                     "detail": f"resampling vs 1 process over {col['faces']:,} faces: max rel diff "
+                               f"{col['resampling_max_rel_diff']:.1e}; DDP grads identical on all ranks "
+                               f"{col['ddp_grads_identical']}"})
+    svc = load("gpu_check_service")
+    if svc:
+        g = svc["runs"]["gpu"]
+        rows.append({"part": "service", "item": "the app on " + (", ".join(sorted(set(g["providers"].values())))
+                                                          or "? (/readyz named no provider)"),
+                     "result": "ok" if svc["ok"] else "FAIL",
+                     "detail": f"readyz {g['readyz']}, reconstruct {g['reconstruct']}, morph {g['morph']}; "
+                               + ", ".join(f"{m} max |p - p_cpu| {d:.1e}" for m, d in
+                                           svc["max_abs_diff_probability"].items())})
     par = load("gpu_check_parity")
     if par:
         if par.get("skipped"):
@@ -142,18 +251,33 @@ def summary(skipped: list[str]) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["parity", "torchrun", "summary"])
+    ap.add_argument("what", choices=["parity", "torchrun", "collectives", "service", "summary"])
     ap.add_argument("--models-dir", default="models")
     ap.add_argument("--skipped", action="append", default=[], help='"part: reason" rows for the summary')
     ap.add_argument("--procs", type=int, default=1, help="torchrun: processes started")
     ap.add_argument("--status", type=int, default=0, help="torchrun: its exit status")
     ap.add_argument("--seconds", type=float, default=0.0, help="torchrun: its wall time")
     ap.add_argument("--log", default="", help="torchrun: its output, for the last lines on failure")
+    ap.add_argument("--faces", type=int, default=200_000, help="collectives: latent means resampled")
     args = ap.parse_args(argv)
+    if args.what == "collectives":
+        result = collectives(args.faces)
+        if result is None:
+            return 0
+        print(f"collectives: {result['backend']}, {result['ranks']} rank(s) on {result['device']}: resampling max "
+              f"rel diff {result['resampling_max_rel_diff']:.1e}, DDP grads identical {result['ddp_grads_identical']}")
+        print(f"wrote {write_result('gpu_check_collectives', result)}")
+        return 0 if result["ok"] else 1
     if args.what == "torchrun":
         result = torchrun_record(Path(args.models_dir), args.procs, args.status, args.seconds, Path(args.log))
         print(f"wrote {write_result('gpu_check_torchrun', result)}")
         return 0
+    if args.what == "service":
+        result = service_check()
+        for label, run in result["runs"].items():
+            print(f"service on {label}: readyz {run['readyz']} {run['providers']}; detect {run['detect']}")
+        print(f"wrote {write_result('gpu_check_service', result)}")
+        return 0 if result["ok"] else 1
     if args.what == "parity":
         result = parity(Path(args.models_dir))
         print(result.get("skipped") or table(result["rows"], [

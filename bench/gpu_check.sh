@@ -6,8 +6,12 @@
 # Installs nothing (GPU machines here have no network) and stays under 5 minutes: benchmark 1
 # (bench/inference.py, PyTorch and ONNX Runtime, CPU and CUDA) and benchmark 3 (bench/training.py, short
 # settings) on the GPU, the README's training under torchrun with one process per GPU for one short epoch
-# (issue 5; NCCL needs two GPUs or more), then ONNX Runtime CUDA vs CPU parity on models/
-# (bench/gpu_check.py), then one table.
+# (issue 5), the training package's collectives on the GPU backend (NCCL; a group of one on a one-GPU machine),
+# the service itself (the real app, lifespan included) on CUDA vs CPU, then ONNX Runtime CUDA vs CPU parity on
+# models/ (bench/gpu_check.py), then one table.
+# What each part needs beyond the training extra: the ORT CUDA rows and the parity part an onnxruntime with
+# CUDAExecutionProvider (onnxruntime-gpu; CUDA/cuDNN from PyTorch's or its own wheels), the service part the
+# service extra (fastapi, pydantic-settings, python-multipart), checkpoints/ the inference part.
 # A part whose imports or inputs are missing is skipped with the reason in the table instead of failing the
 # run: e.g. h5py absent (benchmark 3), checkpoints/ absent (benchmark 1 compares against the PyTorch models
 # in it, and it is not in git: carry it to the GPU machine). Without a GPU it still runs everything on the
@@ -48,7 +52,7 @@ else
     PROCS=$NGPU
     RUN_ARGS=(--device cuda --steps-per-epoch 20)
 fi
-rm -f "${BENCH_RESULTS_DIR:-bench/results}"/gpu_check_{inference,training,torchrun,parity}.json
+rm -f "${BENCH_RESULTS_DIR:-bench/results}"/gpu_check_{inference,training,torchrun,collectives,service,parity}.json
 
 # Benchmark 1: inference engines (needs PyTorch, the training package's model code and checkpoints/).
 why=$(missing bench.inference)
@@ -79,6 +83,24 @@ else
     status=$?
     "$PYTHON" -m bench.gpu_check torchrun --models-dir "$RUN_DIR/models" --status $status --procs "$PROCS" \
         --seconds $(( $(date +%s) - T0 )) --log "$RUN_DIR/log"
+fi
+
+# The collectives of training.distributed and resampling, and one DDP step, on the backend of this machine.
+why=$(missing "training.distributed, training.resampling")
+if [ -n "$why" ]; then skip "collectives: $why"
+else
+    timeout 120 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$PROCS" -m bench.gpu_check collectives
+    status=$?
+    [ ! -f "${BENCH_RESULTS_DIR:-bench/results}/gpu_check_collectives.json" ] && skip "collectives: exited with status $status"
+fi
+
+# The service on the GPU: the real app with FACEDET_REQUIRE_GPU, against the same app on the CPU provider.
+why=$(missing "fastapi, pydantic_settings, python_multipart, httpx, service.main, bench.quality")
+if [ -n "$why" ]; then skip "service: $why"
+else
+    timeout 120 "$PYTHON" -m bench.gpu_check service
+    status=$?
+    [ ! -f "${BENCH_RESULTS_DIR:-bench/results}/gpu_check_service.json" ] && skip "service: exited with status $status"
 fi
 
 # ONNX Runtime CUDA vs CPU on the committed models.

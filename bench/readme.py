@@ -21,7 +21,7 @@ def _load(name: str) -> dict | None:
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]  # "|x|" in a cell
     return out
 
 
@@ -123,6 +123,50 @@ def load(d: dict) -> list[str]:
     return out + [_source("load", d)]
 
 
+def gpu(summary: dict | None) -> list[str]:
+    """The GPU check (bench/gpu_check.sh) and the runs made on the same lent machine, when one has run."""
+    if not (summary and summary.get("gpu")):
+        return ["### GPU", "", "`bench/gpu_check.sh` has **not been run on a GPU yet** (no GPU machine was lent to "
+                "the sessions so far); every figure above is from CPUs."]
+    m = summary["machine"]
+    out = ["### GPU (`bash bench/gpu_check.sh`)", "",
+           f"{m['date'][:10]} on one {summary['gpu']} ({m['cpu']}, {m['logical_cores']} cores; python {m['python']}, "
+           f"torch {m['torch']}, onnxruntime {m['onnxruntime']}), one GPU: NCCL between two or more GPUs has "
+           "not run anywhere yet.", ""]
+    inf = _load("gpu_check_inference")
+    if inf:
+        cells = {(r["model"], r["batch"], r["engine"], r["device"]): r for r in inf["rows"]}
+        engines = [("pytorch", "cpu"), ("onnxruntime", "cpu"), ("pytorch", "cuda"), ("onnxruntime", "cuda")]
+        rows = [[model, batch, *(f"{cells[(model, batch, *e)]['images_per_s_p50']:,.0f}"
+                                 if (model, batch, *e) in cells else "" for e in engines),
+                 f"{cells[(model, batch, 'onnxruntime', 'cuda')]['max_abs_diff_vs_pytorch_cpu']:.1e}"
+                 if (model, batch, "onnxruntime", "cuda") in cells else ""]
+                for model, batch in dict.fromkeys((r["model"], r["batch"]) for r in inf["rows"])]
+        out += ["Benchmark 1 on that machine, images/s at median latency:", "",
+                *_table(["model", "batch", "PyTorch CPU", "ORT CPU", "PyTorch CUDA", "ORT CUDA",
+                         "ORT CUDA max abs diff vs PyTorch CPU"], rows), ""]
+    rows = [[r["part"], r["item"], r["result"], r["detail"]] for r in summary["rows"] if r["part"] != "1 inference"]
+    extra = _load("gpu_check_training_b256")
+    if extra:
+        rows += [["3 training, batch 256", f"{r['model']}", f"{r['images_per_s']:,.0f} img/s",
+                  f"slowest stage {r['slowest_stage']}"] for r in extra["rows"]]
+    ddp_gpu = _load("gpu_ddp")
+    if ddp_gpu:
+        rows += [["bench.ddp, 1 process", r["model"], f"{r['train_images_per_s']:,.0f} img/s",
+                  f"the training command under torchrun, global batch {ddp_gpu['settings']['batch']}, "
+                  f"{ddp_gpu['settings']['images']:,} synthetic images, {ddp_gpu['settings']['steps']} steps "
+                  "(CUDA start-up inside the timed steps weighs on so short a run; 2 processes need 2 GPUs)"]
+                 for r in ddp_gpu["rows"]]
+    default = _load("gpu_default_training")
+    if default:
+        rows += [["README training", k, f"val bal. acc {e['val']['balanced_accuracy']:.3f}",
+                  f"ROC AUC {e['val']['roc_auc']:.3f}, built-in data, all defaults, on CUDA ({e['version']})"]
+                 for k, e in default["models"].items()]
+    return out + ["Everything else the check ran, and the runs made beside it on the same machine:", "",
+                  *_table(["part", "item", "result", "detail"], rows), "",
+                  "_`bench/results/gpu_check*.json`, `gpu_ddp.json`, `gpu_default_training.json`._"]
+
+
 def section() -> str:
     parts: list[str] = []
     for name, render in (("inference", inference), ("load", load), ("training", training), ("quality", quality)):
@@ -130,11 +174,7 @@ def section() -> str:
         if data:
             parts += render(data) + [""]
     parts += ddp(_load("ddp"), _load("ddp_accuracy")) + [""]
-    gpu = _load("gpu_check")
-    parts += ["### GPU", "", f"`bench/gpu_check.sh` last ran on {gpu['machine'].get('date', '?')}: see "
-              f"`bench/results/gpu_check.json`." if gpu and gpu.get("gpu") else
-              "`bench/gpu_check.sh` has **not been run on a GPU yet** (no GPU machine was lent to the sessions so "
-              "far); every figure above is from CPUs."]
+    parts += gpu(_load("gpu_check"))
     return "\n".join(parts).rstrip() + "\n"
 
 
