@@ -20,8 +20,9 @@ face #0, 25x25 grey upscaled to a 64x64 RGB PNG) and a real photo (scikit-image'
 resized to a 640x480 JPEG, quality 90). Per cell: requests/s, p50/p95/p99 latency, errors (any non-200 or
 transport failure), server CPU seconds per request, load generator CPU, and the 1-min load average. Per
 server: resident memory (VmRSS) after start-up, after an unmeasured warm-up burst of each payload at the highest
-concurrency (the first large uploads fill allocator caches once), the peak while it was driven, and after its
-last cell; growth is given from start-up (the goal's measure) and from after the warm-up (the leak check).
+concurrency (the first large uploads fill allocator caches once), the peak while it was driven, and 2.5 s after
+its last cell (idle: the service hands freed heap back to the OS after FACEDET_MEMORY_TRIM_S, 1 s); growth is
+given from start-up (the goal's measure) and from after the warm-up (the leak check).
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def main(argv=None) -> int:
                         rows.append({"payload": payload, "concurrency": c, "target": name, **cell})
                         print(f"  {payload:<11} c={c:<3} {name:<12} {cell['rps']:7.1f} req/s  "
                               f"p99 {cell['p99_ms'] or float('nan'):7.1f} ms  errors {cell['errors']}", flush=True)
-            time.sleep(1.0)
+            time.sleep(2.5)  # idle for more than two of the service's memory-trim intervals
             for server in servers.values():
                 server.rss["end_mb"] = rss_mb(server.proc.pid)
         finally:

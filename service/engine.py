@@ -79,6 +79,7 @@ class Engine:
         self.warmed = False
         self.draining = False
         self._admitted = 0
+        self.served = 0  # requests that held a place and left: service/memory.py trims after new traffic
         self._capacity = settings.worker_threads + settings.max_queue
         self._pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="inference")
         self.batchers: dict[str, MicroBatcher] = {}
@@ -153,6 +154,7 @@ class Engine:
             yield
         finally:
             self._admitted -= 1
+            self.served += 1
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU work (decoding, inference) in the bounded pool, off the event loop."""

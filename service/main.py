@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import warnings
 from collections.abc import AsyncIterator
@@ -13,6 +14,7 @@ from PIL import Image
 from service.engine import Engine
 from service.errors import UnexpectedErrorMiddleware, install_handlers
 from service.limits import BodyLimitMiddleware
+from service.memory import trim_when_idle
 from service.metrics import Metrics, MetricsMiddleware
 from service.routes import detect, health, metrics, models, morph, reconstruct
 from service.settings import Settings, load_settings
@@ -38,9 +40,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("not ready: %s", reason)
     log.info("serving models from %s on %s", settings.models_dir,
              sorted({g.providers[0] for g in engine.graphs.values()}))
+    trimmer = asyncio.create_task(trim_when_idle(engine, m, settings.memory_trim_s))
     try:
         yield
     finally:
+        trimmer.cancel()
         engine.draining = True
         engine.close()
 

@@ -30,6 +30,8 @@ class Metrics:
         self.admitted = Gauge("facedet_requests_admitted", "Requests in flight or queued for inference",
                               registry=r)
         self.ready = Gauge("facedet_ready", "1 when /readyz answers 200", registry=r)
+        self.memory_trims = Counter("facedet_memory_trims", "Idle-time returns of freed heap memory to the OS",
+                                    registry=r)
 
     def observe_inference(self, graph: str, batch: int, seconds: float) -> None:
         self.batch_size.labels(graph=graph).observe(batch)

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     micro_batch_max: int = Field(0, ge=0, le=256)
     micro_batch_wait_ms: float = Field(0.0, ge=0.0, le=60_000.0)
     retry_after_s: int = Field(1, ge=1, le=3600)
+    # Every this many seconds, if requests were served since the last check and none is in flight, freed heap
+    # memory goes back to the OS (glibc malloc_trim; service/memory.py). 0: never.
+    memory_trim_s: float = Field(1.0, ge=0.0, le=3600.0)
     # Readiness answers 503 for this long after SIGTERM before the server stops accepting work,
     # so a load balancer has time to notice.
     shutdown_delay_s: float = Field(0.0, ge=0.0, le=300.0)
