@@ -129,10 +129,13 @@ def gpu(summary: dict | None) -> list[str]:
         return ["### GPU", "", "`bench/gpu_check.sh` has **not been run on a GPU yet** (no GPU machine was lent to "
                 "the sessions so far); every figure above is from CPUs."]
     m = summary["machine"]
+    col = _load("gpu_check_collectives") or {}
+    ranks = col.get("ranks", 0)
     out = ["### GPU (`bash bench/gpu_check.sh`)", "",
-           f"{m['date'][:10]} on one {summary['gpu']} ({m['cpu']}, {m['logical_cores']} cores; python {m['python']}, "
-           f"torch {m['torch']}, onnxruntime {m['onnxruntime']}), one GPU: NCCL between two or more GPUs has "
-           "not run anywhere yet.", ""]
+           f"{m['date'][:10]} on {summary['gpu']} ({m['cpu']}, {m['logical_cores']} cores; python {m['python']}, "
+           f"torch {m['torch']}, onnxruntime {m['onnxruntime']}). "
+           + (f"NCCL ran between {ranks} ranks (collectives row)." if ranks > 1 else
+              "One GPU, so NCCL ran in a group of one rank; NCCL between two or more GPUs has not run yet."), ""]
     inf = _load("gpu_check_inference")
     if inf:
         cells = {(r["model"], r["batch"], r["engine"], r["device"]): r for r in inf["rows"]}
