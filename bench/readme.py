@@ -124,7 +124,7 @@ def load(d: dict) -> list[str]:
 
 
 def gpu(summary: dict | None) -> list[str]:
-    """The GPU check (bench/gpu_check.sh) and the runs made on the same lent machine, when one has run."""
+    """The GPU check (bench/gpu_check.sh) and the runs made beside it on a GPU machine, when one has run."""
     if not (summary and summary.get("gpu")):
         return ["### GPU", "", "`bench/gpu_check.sh` has **not been run on a GPU yet** (no GPU machine was lent to "
                 "the sessions so far); every figure above is from CPUs."]
@@ -165,7 +165,9 @@ def gpu(summary: dict | None) -> list[str]:
         rows += [["README training", k, f"val bal. acc {e['val']['balanced_accuracy']:.3f}",
                   f"ROC AUC {e['val']['roc_auc']:.3f}, built-in data, all defaults, on CUDA ({e['version']})"]
                  for k, e in default["models"].items()]
-    return out + ["Everything else the check ran, and the runs made beside it on the same machine:", "",
+    return out + ["Everything else the check ran; the last six rows are runs made beside it on a lent machine of the "
+                  "same kind (`python -m bench.training --batch-size 256`, `python -m bench.ddp --procs 1`, "
+                  "`python -m training`; dates in their JSON):", "",
                   *_table(["part", "item", "result", "detail"], rows), "",
                   "_`bench/results/gpu_check*.json`, `gpu_ddp.json`, `gpu_default_training.json`._"]
 
