@@ -149,6 +149,7 @@ def gpu(summary: dict | None) -> list[str]:
                 *_table(["model", "batch", "PyTorch CPU", "ORT CPU", "PyTorch CUDA", "ORT CUDA",
                          "ORT CUDA max abs diff vs PyTorch CPU"], rows), ""]
     rows = [[r["part"], r["item"], r["result"], r["detail"]] for r in summary["rows"] if r["part"] != "1 inference"]
+    checked = len(rows)
     extra = _load("gpu_check_training_b256")
     if extra:
         rows += [["3 training, batch 256", f"{r['model']}", f"{r['images_per_s']:,.0f} img/s",
@@ -165,9 +166,10 @@ def gpu(summary: dict | None) -> list[str]:
         rows += [["README training", k, f"val bal. acc {e['val']['balanced_accuracy']:.3f}",
                   f"ROC AUC {e['val']['roc_auc']:.3f}, built-in data, all defaults, on CUDA ({e['version']})"]
                  for k, e in default["models"].items()]
-    return out + ["Everything else the check ran; the last six rows are runs made beside it on a lent machine of the "
-                  "same kind (`python -m bench.training --batch-size 256`, `python -m bench.ddp --procs 1`, "
-                  "`python -m training`; dates in their JSON):", "",
+    beside = (f"; the last {len(rows) - checked} rows are runs made beside it on a lent machine of the same kind "
+              "(`python -m bench.training --batch-size 256`, `python -m bench.ddp --procs 1`, `python -m training`; "
+              "dates in their JSON)" if len(rows) > checked else "")
+    return out + [f"Everything else the check ran{beside}:", "",
                   *_table(["part", "item", "result", "detail"], rows), "",
                   "_`bench/results/gpu_check*.json`, `gpu_ddp.json`, `gpu_default_training.json`._"]
 
