@@ -42,7 +42,7 @@ bench: install-bench  ## benchmarks: tables printed, JSON in bench/results/ (a f
 	$(PY) -m bench.quality
 	$(PY) -m bench.ddp
 
-bench-load: install-bench  ## benchmark 2: the service under load vs a framework floor and a naive peer (~6 min)
+bench-load: install-bench  ## benchmark 2: the service under load vs a framework floor and a naive peer (~8 min)
 	$(PY) -m bench.load
 
 gpu-check:  ## benchmark 5, on a GPU machine (< 5 min; without a GPU it says so and keeps no results)

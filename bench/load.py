@@ -1,13 +1,15 @@
 """Benchmark 2: the service under load on loopback, next to a framework floor and a naive PyTorch peer.
 
-    python -m bench.load                                   # ~6 min: 4 servers x 2 payloads x 4 concurrencies
+    python -m bench.load                                   # ~8 min: 5 servers x 2 payloads x 4 concurrencies
     python -m bench.load --seconds 3 --concurrency 1 32    # quicker look
 
 Every server is its own process, started the way a user starts it (`python -m service --port P`, default
 models/; the references with `python -m bench.load_peers floor|naive --port P`, see that file), and is driven
 by a separate load-generator process (bench/load_client.py) at each concurrency for a bounded time. Servers:
 
-* detect        — the service's /detect (DB-VAE) as it starts by default: micro-batching off
+* detect        — the service's /detect (DB-VAE) as it starts by default: micro-batching off, requests of at
+                  most 64x64 pixels (the PNG payload) answered on the event loop (FACEDET_INLINE_MAX_PIXELS)
+* detect-pool   — the same with FACEDET_INLINE_MAX_PIXELS=0: every request decoded and classified in the pool
 * detect+batch  — the same with micro-batching on (FACEDET_MICRO_BATCH_MAX and _WAIT_MS from --batch-max and
                   --batch-wait-ms; 16 images, no wait by default)
 * floor         — bare FastAPI endpoint, same multipart upload, constant JSON
@@ -149,8 +151,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds at the start of each cell")
     ap.add_argument("--warmup-burst", type=float, default=5.0,
                     help="seconds of unmeasured traffic per payload before the first cell (0: none)")
-    ap.add_argument("--servers", nargs="+", default=["detect", "detect+batch", "floor", "naive"],
-                    choices=["detect", "detect+batch", "floor", "naive"])
+    ap.add_argument("--servers", nargs="+", default=["detect", "detect-pool", "detect+batch", "floor", "naive"],
+                    choices=["detect", "detect-pool", "detect+batch", "floor", "naive"])
     ap.add_argument("--batch-max", type=int, default=16, help="FACEDET_MICRO_BATCH_MAX for detect+batch")
     ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="FACEDET_MICRO_BATCH_WAIT_MS for detect+batch")
     ap.add_argument("--checkpoint", default="checkpoints/dbvae.pt", help="the naive peer's PyTorch model")
@@ -160,6 +162,7 @@ def main(argv=None) -> int:
     info = machine()
     notes = []
     specs = {"detect": (["-m", "service"], {"FACEDET_MICRO_BATCH_MAX": "0"}),
+             "detect-pool": (["-m", "service"], {"FACEDET_MICRO_BATCH_MAX": "0", "FACEDET_INLINE_MAX_PIXELS": "0"}),
              "detect+batch": (["-m", "service"], {"FACEDET_MICRO_BATCH_MAX": str(args.batch_max),
                                                   "FACEDET_MICRO_BATCH_WAIT_MS": str(args.batch_wait_ms)}),
              "floor": (["-m", "bench.load_peers", "floor"], {}),

@@ -80,7 +80,8 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", default="checkpoints/dbvae.pt")
     args = ap.parse_args(argv)
     app = floor_app() if args.kind == "floor" else naive_app(Path(args.checkpoint))
-    # Same server settings as `python -m service`: one uvicorn process, its default event loop and parser.
+    # Same server settings as `python -m service`: one uvicorn process, the event loop and HTTP parser uvicorn
+    # picks (uvloop and httptools, from the service extra), no access log (warning level).
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning")
     return 0
 

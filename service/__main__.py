@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port,
-                            log_level=settings.log_level, timeout_graceful_shutdown=settings.graceful_timeout_s)
+                            log_level=settings.log_level, access_log=settings.access_log,
+                            timeout_graceful_shutdown=settings.graceful_timeout_s)
     DrainingServer(config, engine, settings.shutdown_delay_s).run()
     return 0
 

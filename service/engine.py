@@ -20,7 +20,7 @@ from service.errors import ProblemError
 from service.manifest import ModelError, load_manifest
 from service.schemas import Manifest
 from service.settings import Settings
-from service.uploads import Payload, decode_batch
+from service.uploads import Payload, decode_batch, load_batch, open_small
 
 log = logging.getLogger("service.engine")
 T = TypeVar("T")
@@ -176,10 +176,14 @@ class Engine:
         return 0.5 * (1.0 + np.tanh(0.5 * logit))  # sigmoid without overflow for large |logit|
 
     async def detect(self, model: str, payloads: list[Payload]) -> np.ndarray:
-        """Face probabilities for one request's images: alone in the pool, or in a micro-batch if enabled."""
+        """Face probabilities for one request's images: on the event loop if they are small
+        (FACEDET_INLINE_MAX_PIXELS), else in the pool, alone or in a micro-batch if that is enabled."""
         batcher = self.batchers.get(model)
         if batcher is not None:
             return await batcher.submit(payloads, len(payloads))
+        images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
+        if images is not None:  # small enough to be cheaper here than a round trip through the pool
+            return self.classify(model, load_batch(images, self.size))
         return await self.call(lambda: self.classify(model, decode_batch(payloads, self.size,
                                                                          self.settings.max_image_pixels)))
 

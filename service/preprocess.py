@@ -8,6 +8,8 @@ bilinear resize -> /255, NCHW.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -54,18 +56,36 @@ def prepare(im: Image.Image, size: int) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def decode(data: bytes, *, size: int, max_pixels: int, label: str = "image") -> np.ndarray:
-    """Encoded bytes -> uint8 [size, size, 3], or a ProblemError naming what is wrong with them."""
+def open_image(data: bytes, *, max_pixels: int, label: str = "image") -> Image.Image:
+    """Encoded bytes -> an opened image (header read, pixels not decoded yet), or a ProblemError."""
     if not data:
         raise ProblemError(422, "empty-image", "Empty image", f"{label}: the file is empty (0 bytes)")
-    try:
+    with image_problems(label):
         # Only the allowed decoders even look at the bytes; open() reads the header, not the pixels.
-        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
-            if im.width * im.height > max_pixels:
-                raise _too_many_pixels(label, im.width, im.height, max_pixels)
-            im.draft(None, (2 * size, 2 * size))  # JPEG only: see training/data/image.py, load_image
-            im.load()
-            return prepare(im, size)
+        im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        if im.width * im.height > max_pixels:
+            raise _too_many_pixels(label, im.width, im.height, max_pixels)
+        return im
+
+
+def load(im: Image.Image, *, size: int, label: str = "image") -> np.ndarray:
+    """An opened image -> uint8 [size, size, 3]: the pixels are decoded here."""
+    with image_problems(label), im:
+        im.draft(None, (2 * size, 2 * size))  # JPEG only: see training/data/image.py, load_image
+        im.load()
+        return prepare(im, size)
+
+
+def decode(data: bytes, *, size: int, max_pixels: int, label: str = "image") -> np.ndarray:
+    """Encoded bytes -> uint8 [size, size, 3], or a ProblemError naming what is wrong with them."""
+    return load(open_image(data, max_pixels=max_pixels, label=label), size=size, label=label)
+
+
+@contextmanager
+def image_problems(label: str) -> Iterator[None]:
+    """Pillow's exceptions while opening or decoding -> the ProblemError the client sees."""
+    try:
+        yield
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow refuses (or, with the warning filter set at start-up, refuses earlier) before decoding.
         raise ProblemError(413, "image-too-large", "Image too large",

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # One log line per request (uvicorn's access log). Off by default: at ~1,000 requests/s it took about a
+    # sixth of the event loop's time (py-spy under bench/load.py), and /metrics counts every request anyway.
+    access_log: bool = False
     models_dir: Path = DEFAULT_MODELS_DIR
     default_model: ModelName = "dbvae"
     # Order of preference; unavailable ones are skipped and ORT always keeps CPU as the last resort.
@@ -32,6 +35,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, ge=64 * 64, le=Image.MAX_IMAGE_PIXELS)
     max_images_per_request: int = Field(16, ge=1, le=256)
     max_morph_steps: int = Field(32, ge=2, le=256)
+    # /detect requests whose images hold at most this many pixels together (64 x 64: the model's own input
+    # size) are decoded and classified on the event loop: cheaper than the hand-off to a worker thread and
+    # back (bench/load.py). Larger ones use the pool. 0: always the pool.
+    inline_max_pixels: int = Field(4096, ge=0, le=1_000_000)
     worker_threads: int = Field(2, ge=1, le=64)
     intra_op_threads: int = Field(1, ge=0, le=64)
     max_queue: int = Field(64, ge=0, le=10_000)

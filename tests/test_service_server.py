@@ -48,6 +48,8 @@ def test_detect_over_http(server: ServerProcess, reference: Reference) -> None:
     assert got == pytest.approx(list(expected), abs=1e-6)
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "alive"}
     assert httpx.get(f"{server.url}/metrics").text.count("facedet_requests_total{") >= 1
+    # No access log by default (FACEDET_ACCESS_LOG): the request is counted in /metrics, not logged.
+    assert "POST /detect" not in server.log.read_text()
 
 
 def _read_response(sock: socket.socket) -> bytes:
@@ -108,7 +110,7 @@ def test_streamed_oversize_body_is_cut_off_while_streaming(server: ServerProcess
 def test_sigterm_turns_readiness_503_then_exits(models_dir: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
     env = {"FACEDET_MODELS_DIR": str(models_dir), "FACEDET_SHUTDOWN_DELAY_S": "3",
-           "FACEDET_PROVIDERS": "CPUExecutionProvider"}
+           "FACEDET_PROVIDERS": "CPUExecutionProvider", "FACEDET_ACCESS_LOG": "true"}
     proc = ServerProcess(sys.executable, REPO, env, log)
     try:
         proc.wait_ready()
@@ -128,5 +130,6 @@ def test_sigterm_turns_readiness_503_then_exits(models_dir: Path, tmp_path: Path
     assert code in (0, -signal.SIGTERM)
     text = log.read_text()
     assert "SIGTERM: readiness is now 503" in text and "Finished server process" in text
+    assert '"POST /detect HTTP/1.1" 200' in text  # FACEDET_ACCESS_LOG=true: one line per request
     assert "Traceback" not in text
 

@@ -152,27 +152,57 @@ def test_grey_low_pass_is_smoothing_the_luma():
     torch.testing.assert_close(FrontEnd("grey-lowpass", replicate=False)(x), expected, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("front_end", ["grey", "grey-lowpass", "lowpass", "none"])
-@pytest.mark.parametrize("kind", ["cnn", "dbvae"])
-def test_folded_front_end_computes_the_same_function(kind, front_end):
-    from training.model import build_model, fold_front_end
+def trained_looking(kind: str, cfg: ModelConfig) -> torch.nn.Module:
+    """A seeded model with batch-norm statistics and shifts away from the identity, so export rewrites are
+    tested beyond it."""
+    from training.model import build_model
 
     torch.manual_seed(0)
-    model = build_model(kind, ModelConfig(front_end=front_end)).eval()
-    with torch.no_grad():  # trained-looking batch-norm statistics, so the fold is tested beyond the identity
+    model = build_model(kind, cfg)
+    with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.2, 0.2)
                 m.running_var.uniform_(0.5, 2.0)
-    folded = fold_front_end(model)
+                m.bias.uniform_(-0.3, 0.3)
+    return model.eval()
+
+
+def assert_same_function(kind: str, model: torch.nn.Module, rewritten: torch.nn.Module) -> None:
     x = torch.rand(5, 3, 64, 64)
     with torch.no_grad():
         want = model(x) if kind == "cnn" else model.encode(x)
-        got = folded(x) if kind == "cnn" else folded.encode(x)
+        got = rewritten(x) if kind == "cnn" else rewritten.encode(x)
     for w, g in zip(want if isinstance(want, tuple) else (want,), got if isinstance(got, tuple) else (got,)):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("front_end", ["grey", "grey-lowpass", "lowpass", "none"])
+@pytest.mark.parametrize("kind", ["cnn", "dbvae"])
+def test_folded_front_end_computes_the_same_function(kind, front_end):
+    from training.model import fold_front_end
+
+    model = trained_looking(kind, ModelConfig(front_end=front_end))
+    folded = fold_front_end(model)
+    assert_same_function(kind, model, folded)
     net = folded.net if kind == "cnn" else folded.encoder
     assert net[1][0].in_channels == (1 if "grey" in front_end else 3)
     assert (folded is model) == ("grey" not in front_end)
     first = (model.net if kind == "cnn" else model.encoder)[1][0]
     assert first.weight.shape[1] == 3  # the trained model itself is left as it was
+
+
+@pytest.mark.parametrize("kind", ["cnn", "dbvae"])
+def test_narrow_blocks_padded_with_zero_filters_compute_the_same_function(kind):
+    from training.model import fold_front_end, pad_narrow_blocks
+
+    model = trained_looking(kind, ModelConfig(front_end="grey-lowpass", filters=(12, 24, 4, 72)))
+    padded = pad_narrow_blocks(fold_front_end(model))
+    assert_same_function(kind, model, padded)
+    net = padded.net if kind == "cnn" else padded.encoder
+    # 12 -> 16 and 4 -> 16 (each followed by a conv); 24 is a block already; 72, the last, feeds the dense layer.
+    assert [net[i][0].out_channels for i in range(1, 5)] == [16, 24, 16, 72]
+    assert [net[i][0].in_channels for i in range(2, 5)] == [16, 24, 16]
+    assert net[1][0].weight[12:].abs().sum() == 0 and net[2][0].weight[:, 12:].abs().sum() == 0
+    original = model.net if kind == "cnn" else model.encoder
+    assert original[1][0].out_channels == 12  # the trained model itself is left as it was

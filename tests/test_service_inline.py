@@ -1,0 +1,106 @@
+"""Small /detect requests run on the event loop (FACEDET_INLINE_MAX_PIXELS), larger ones in the pool: the same
+answers and the same refusals either way. Which path a request took is read from a counting wrapper around
+the engine's pool hand-off (`Engine.call`), which still runs the real work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.utils.images import bad_inputs, encode, picture, truncated
+from tests.utils.models import Reference
+from training.data.image import load_image, to_model_input
+
+
+@contextmanager
+def serving(make_settings: Callable, **overrides) -> Iterator[tuple[TestClient, list[int]]]:
+    """A live app and the list of pool hand-offs it makes (one entry per call)."""
+    from service.main import create_app
+
+    with TestClient(create_app(make_settings(**overrides))) as client:
+        engine, handoffs = client.app.state.engine, []
+        real_call = engine.call
+
+        async def counting_call(fn, *args):
+            handoffs.append(1)
+            return await real_call(fn, *args)
+
+        engine.call = counting_call
+        yield client, handoffs
+
+
+def small_and_large() -> dict[str, list[tuple[str, bytes]]]:
+    return {
+        "64x64 png": [("a.png", encode(picture(64, 64, seed=1), "PNG"))],
+        "48x48 jpeg": [("b.jpg", encode(picture(48, 48, seed=2), "JPEG", quality=90))],
+        "two 40x40 (3,200 px)": [("c.png", encode(picture(40, 40, seed=3), "PNG")),
+                                 ("d.png", encode(picture(40, 40, seed=4), "PNG"))],
+        "96x80 (7,680 px)": [("e.png", encode(picture(96, 80, seed=5), "PNG"))],
+        "two 64x64 (8,192 px)": [("f.png", encode(picture(64, 64, seed=6), "PNG")),
+                                 ("g.png", encode(picture(64, 64, seed=7), "PNG"))],
+    }
+
+
+INLINE = {"64x64 png", "48x48 jpeg", "two 40x40 (3,200 px)"}  # at most 4,096 pixels together
+
+
+def probabilities(client: TestClient, files: list[tuple[str, bytes]]) -> list[float]:
+    response = client.post("/detect", files=[("image", f) for f in files])
+    assert response.status_code == 200, response.text
+    return [r["face_probability"] for r in response.json()["results"]]
+
+
+def test_small_requests_skip_the_pool_and_get_the_same_answers(make_settings: Callable,
+                                                              reference: Reference) -> None:
+    requests = small_and_large()
+    answers = {}
+    for limit in (4096, 0):
+        with serving(make_settings, inline_max_pixels=limit) as (client, handoffs):
+            for name, files in requests.items():
+                before = len(handoffs)
+                answers[limit, name] = probabilities(client, files)
+                assert len(handoffs) - before == (0 if limit and name in INLINE else 1), (limit, name)
+    for name, files in requests.items():
+        expected = reference.probability("dbvae", to_model_input(np.stack([load_image(b) for _, b in files])))
+        assert answers[4096, name] == pytest.approx(list(expected), abs=1e-6)
+        assert answers[4096, name] == answers[0, name]
+
+
+def test_the_default_is_the_model_input_size(make_settings: Callable) -> None:
+    assert make_settings().inline_max_pixels == 64 * 64
+
+
+def test_bad_small_uploads_are_refused_on_the_loop_as_in_the_pool(make_settings: Callable) -> None:
+    cases = {name: case for name, case in bad_inputs().items() if len(case[0]) <= 4 * 4096}
+    cases["truncated 64x64.png"] = (truncated(encode(picture(64, 64), "PNG")), 422)
+    assert {"empty.png", "bomb.png", "truncated 64x64.png"} <= set(cases)
+    seen = {}
+    for limit in (4096, 0):
+        with serving(make_settings, inline_max_pixels=limit) as (client, _):
+            for name, (blob, status) in cases.items():
+                response = client.post("/detect", files={"image": (name, blob)})
+                assert response.status_code == status, (limit, name, response.text)
+                seen[limit, name] = response.json()["detail"]
+            # ... and the service keeps working.
+            assert len(probabilities(client, small_and_large()["64x64 png"])) == 1
+    for name in cases:
+        assert seen[4096, name] == seen[0, name]
+
+
+def test_open_small_decides_from_headers_and_never_opens_large_files() -> None:
+    from service.errors import ProblemError
+    from service.uploads import open_small
+
+    face = encode(picture(64, 64), "PNG")
+    assert [im.size for _, im in open_small([("a", face)], 4096, 10**6)] == [(64, 64)]
+    assert open_small([("a", face)], 4095, 10**6) is None  # one pixel over
+    assert open_small([("a", face)], 0, 10**6) is None  # 0: always the pool
+    # More bytes than 4 bytes per allowed pixel: left to the pool without being opened, so no error here.
+    assert open_small([("a", b"not an image" * 2000)], 4096, 10**6) is None
+    with pytest.raises(ProblemError) as refused:
+        open_small([("a", b"not an image")], 4096, 10**6)
+    assert refused.value.status == 415
