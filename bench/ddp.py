@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.server import free_port
 from training.data.h5 import H5Writer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,12 +40,6 @@ def synthetic_h5(path: Path, n: int, seed: int = 0) -> Path:
             k = min(4096, n - start)
             w.append(rng.integers(0, 256, (k, 64, 64, 3), dtype=np.uint8), (np.arange(start, start + k) % 2))
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(procs: int, h5: Path, model: str, steps: int, batch: int, threads: int, out: Path) -> dict:

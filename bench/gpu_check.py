@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import RESULTS, machine, table, write_result
+from bench.common import machine, read_result, table, write_result
 
 TOLERANCE = 1e-3
 
@@ -168,11 +168,6 @@ def service_check() -> dict:
             "max_abs_diff_probability": diffs, "ok": ok}
 
 
-def load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def torchrun_record(models_dir: Path, procs: int, status: int, seconds: float, log: Path) -> dict:
     manifest_path = models_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if status == 0 and manifest_path.is_file() else None
@@ -188,7 +183,7 @@ def torchrun_record(models_dir: Path, procs: int, status: int, seconds: float, l
 def summary(skipped: list[str]) -> list[dict]:
     rows = [{"part": part.strip(), "item": "-", "result": "SKIPPED", "detail": reason.strip()}
             for part, _, reason in (s.partition(":") for s in skipped)]
-    inf = load("gpu_check_inference")
+    inf = read_result("gpu_check_inference")
     if inf:
         for r in inf["rows"]:
             if r["device"] == "cuda" or r["engine"] == "onnxruntime":
@@ -200,7 +195,7 @@ def summary(skipped: list[str]) -> list[dict]:
         if not any(r["device"] == "cuda" for r in inf["rows"]):
             rows.append({"part": "1 inference", "item": "cuda rows", "result": "SKIPPED",
                          "detail": "neither PyTorch nor ONNX Runtime sees a CUDA device"})
-    tr = load("gpu_check_training")
+    tr = read_result("gpu_check_training")
     if tr:
         for r in tr["rows"]:
             rows.append({"part": "3 training", "item": f"{r['model']} on {tr['machine']['device']}",
@@ -211,7 +206,7 @@ def summary(skipped: list[str]) -> list[dict]:
         rows.append({"part": "3 training", "item": "resampling probabilities", "result": f"{c['speedup']:.1f}x numpy",
                      "detail": f"{c['vectorised_s']:.3f} s vs {c['numpy_per_dimension_s']:.3f} s over "
                                f"[{c['faces']:,}, {c['latent_dim']}], max |diff| {c['max_abs_diff']:.1e}"})
-    run = load("gpu_check_torchrun")
+    run = read_result("gpu_check_torchrun")
     if run:
         ok = run["status"] == 0 and run["models"]
         rows.append({"part": "torchrun", "item": f"{run['processes']} process(es), backend {run['backend']}",
@@ -219,14 +214,14 @@ def summary(skipped: list[str]) -> list[dict]:
                      "detail": f"{run['seconds']:.0f} s, 1 short epoch; " + (
                          ", ".join(f"{k} val bal. acc {m['val'].get('balanced_accuracy', float('nan')):.3f}"
                                    for k, m in run["models"].items()) if ok else " | ".join(run["log_tail"]))})
-    col = load("gpu_check_collectives")
+    col = read_result("gpu_check_collectives")
     if col:
         rows.append({"part": "collectives", "item": f"{col['ranks']} rank(s), {col['backend']} on {col['device']}",
                      "result": "ok" if col["ok"] else "FAIL",
                      "detail": f"resampling vs 1 process over {col['faces']:,} faces: max rel diff "
                                f"{col['resampling_max_rel_diff']:.1e}; DDP grads identical on all ranks "
                                f"{col['ddp_grads_identical']}"})
-    svc = load("gpu_check_service")
+    svc = read_result("gpu_check_service")
     if svc:
         g = svc["runs"]["gpu"]
         rows.append({"part": "service", "item": "the app on " + (", ".join(sorted(set(g["providers"].values())))
@@ -235,7 +230,7 @@ def summary(skipped: list[str]) -> list[dict]:
                      "detail": f"readyz {g['readyz']}, reconstruct {g['reconstruct']}, morph {g['morph']}; "
                                + ", ".join(f"{m} max |p - p_cpu| {d:.1e}" for m, d in
                                            svc["max_abs_diff_probability"].items())})
-    par = load("gpu_check_parity")
+    par = read_result("gpu_check_parity")
     if par:
         if par.get("skipped"):
             rows.append({"part": "5 parity", "item": "ORT CUDA vs CPU", "result": "SKIPPED", "detail": par["skipped"]})

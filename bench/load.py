@@ -45,6 +45,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import load_average, load_note, machine, table, write_result
+from bench.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -64,14 +65,6 @@ def payloads(folder: Path) -> dict[str, tuple[Path, str]]:
     return files
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -84,38 +77,17 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
-class Server:
+class Server(ServerProcess):
+    """One server of the run, with its resident memory at the moments the summary reports."""
+
     def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path):
-        self.name, self.port, self.log = name, free_port(), log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEDET_")} | env
-        with log.open("wb") as out:
-            self.proc = subprocess.Popen([sys.executable, *args, "--port", str(self.port)], cwd=ROOT, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__([sys.executable, *args], ROOT, env, log)
+        self.name = name
         self.rss = {"start_mb": None, "after_warmup_mb": None, "peak_mb": 0.0, "end_mb": None}
 
     def wait_ready(self, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    self.rss["start_mb"] = rss_mb(self.proc.pid)
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log.read_text()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().wait_ready(timeout)
+        self.rss["start_mb"] = rss_mb(self.proc.pid)
 
 
 def drive(server: Server, path: Path, ctype: str, concurrency: int, seconds: float, warmup: float) -> dict:

@@ -9,14 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bench.common import read_result
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-
-
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -47,7 +43,7 @@ def inference(d: dict) -> list[str]:
                     "max abs diff"], rows), "",
            f"Goal, ONNX Runtime ≥ 5× PyTorch eager at batch 1 on CPU: {', '.join(goal)} — "
            f"{'met' if met else 'MISSED'}.", "", _source("inference", d)]
-    long = _load("inference_batch1_long")
+    long = read_result("inference_batch1_long")
     if long:
         st = long["settings"]
         pt = {r["model"]: r["p50_ms"] for r in long["rows"] if r["engine"] == "pytorch"}
@@ -140,7 +136,7 @@ def gpu(summary: dict | None) -> list[str]:
         return ["### GPU", "", "`bench/gpu_check.sh` has **not been run on a GPU yet** (no GPU machine was lent to "
                 "the sessions so far); every figure above is from CPUs."]
     m = summary["machine"]
-    col = _load("gpu_check_collectives") or {}
+    col = read_result("gpu_check_collectives") or {}
     ranks = col.get("ranks", 0)
     created = json.loads((ROOT / "models" / "manifest.json").read_text()).get("created", "")
     older = (f" These figures are for the graphs as exported then: `models/` was exported again since ({created})."
@@ -150,7 +146,7 @@ def gpu(summary: dict | None) -> list[str]:
            f"torch {m['torch']}, onnxruntime {m['onnxruntime']}). "
            + (f"NCCL ran between {ranks} ranks (collectives row)." if ranks > 1 else
               "One GPU, so NCCL ran in a group of one rank; NCCL between two or more GPUs has not run yet.") + older, ""]
-    inf = _load("gpu_check_inference")
+    inf = read_result("gpu_check_inference")
     if inf:
         cells = {(r["model"], r["batch"], r["engine"], r["device"]): r for r in inf["rows"]}
         engines = [("pytorch", "cpu"), ("onnxruntime", "cpu"), ("pytorch", "cuda"), ("onnxruntime", "cuda")]
@@ -164,18 +160,18 @@ def gpu(summary: dict | None) -> list[str]:
                          "ORT CUDA max abs diff vs PyTorch CPU"], rows), ""]
     rows = [[r["part"], r["item"], r["result"], r["detail"]] for r in summary["rows"] if r["part"] != "1 inference"]
     checked = len(rows)
-    extra = _load("gpu_check_training_b256")
+    extra = read_result("gpu_check_training_b256")
     if extra:
         rows += [["3 training, batch 256", f"{r['model']}", f"{r['images_per_s']:,.0f} img/s",
                   f"slowest stage {r['slowest_stage']}"] for r in extra["rows"]]
-    ddp_gpu = _load("gpu_ddp")
+    ddp_gpu = read_result("gpu_ddp")
     if ddp_gpu:
         rows += [["bench.ddp, 1 process", r["model"], f"{r['train_images_per_s']:,.0f} img/s",
                   f"the training command under torchrun, global batch {ddp_gpu['settings']['batch']}, "
                   f"{ddp_gpu['settings']['images']:,} synthetic images, {ddp_gpu['settings']['steps']} steps "
                   "(CUDA start-up inside the timed steps weighs on so short a run; 2 processes need 2 GPUs)"]
                  for r in ddp_gpu["rows"]]
-    default = _load("gpu_default_training")
+    default = read_result("gpu_default_training")
     if default:
         rows += [["README training", k, f"val bal. acc {e['val']['balanced_accuracy']:.3f}",
                   f"ROC AUC {e['val']['roc_auc']:.3f}, built-in data, all defaults, on CUDA ({e['version']})"]
@@ -191,11 +187,11 @@ def gpu(summary: dict | None) -> list[str]:
 def section() -> str:
     parts: list[str] = []
     for name, render in (("inference", inference), ("load", load), ("training", training), ("quality", quality)):
-        data = _load(name)
+        data = read_result(name)
         if data:
             parts += render(data) + [""]
-    parts += ddp(_load("ddp"), _load("ddp_accuracy")) + [""]
-    parts += gpu(_load("gpu_check"))
+    parts += ddp(read_result("ddp"), read_result("ddp_accuracy")) + [""]
+    parts += gpu(read_result("gpu_check"))
     return "\n".join(parts).rstrip() + "\n"
 
 

@@ -4,7 +4,6 @@ a dead rank stops the run with an error, and a killed run resumes from its check
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from bench.server import free_port
 from training.data.sources import open_source
 from training.distributed import Dist
 from training.model import DBVAE, ModelConfig
@@ -22,12 +22,6 @@ from training.resampling import sampling_probabilities
 from training.train import epoch_batches, predict
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

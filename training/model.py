@@ -202,6 +202,11 @@ class DecoderGraph(nn.Module):
         return self.model.decode(z)
 
 
+def image_net(model: FaceCNN | DBVAE) -> nn.Sequential:
+    """The stack from image to outputs: FaceCNN.net or the DB-VAE's encoder (front end, conv blocks, head)."""
+    return model.net if isinstance(model, FaceCNN) else model.encoder
+
+
 def fold_front_end(model: FaceCNN | DBVAE) -> FaceCNN | DBVAE:
     """A copy of `model` for export that does the same sums with less work.
 
@@ -213,7 +218,7 @@ def fold_front_end(model: FaceCNN | DBVAE) -> FaceCNN | DBVAE:
     if "grey" not in model.cfg.front_end:
         return model
     folded = copy.deepcopy(model).eval()
-    net = folded.net if isinstance(folded, FaceCNN) else folded.encoder
+    net = image_net(folded)
     net[0] = FrontEnd(model.cfg.front_end, replicate=False)
     conv = net[1][0]  # the first ConvBlock's conv: weight [C_out, 3, k, k]
     folded_conv = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
@@ -234,7 +239,7 @@ def pad_narrow_blocks(model: FaceCNN | DBVAE, block: int = 16) -> FaceCNN | DBVA
     another conv are padded (the last one feeds the dense layer, whose weights are laid out per channel).
     """
     padded = copy.deepcopy(model).eval()
-    net = padded.net if isinstance(padded, FaceCNN) else padded.encoder
+    net = image_net(padded)
     blocks = [m for m in net if isinstance(m, ConvBlock)]
     for this, nxt in zip(blocks, blocks[1:]):
         conv, bn, next_conv = this[0], this[1], nxt[0]

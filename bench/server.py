@@ -1,0 +1,55 @@
+"""A server run as its own process on a free loopback port, the way a user starts it; shared by the load
+benchmark (bench/load.py) and the tests that call the real process (tests/utils/server.py)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """`command --port P` in `cwd`, output to `log`; FACEDET_* variables come only from `env`, never from the
+    caller's shell."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEDET_")} | env
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen([*command, "--port", str(self.port)], cwd=cwd, env=env,
+                                         stdout=out, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until GET /readyz answers 200; RuntimeError with the log if the process exits or time runs out."""
+        import httpx  # here, not at import: free_port() is also used where httpx is not installed
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server not ready in {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
