@@ -103,9 +103,20 @@ def read_result(name: str) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+OUT_HELP = "result: a bare name writes bench/results/<name>.json; a path is written where it says"
+
+
+def result_path(name: str) -> Path:
+    """--out as a bare name (bench/results/<name>.json) or as a path (.json added if it lacks it)."""
+    path = Path(name)
+    if path.suffix != ".json":
+        path = path.with_name(path.name + ".json")
+    return RESULTS / path if path.parent == Path(".") else path
+
+
 def write_result(name: str, result: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = result_path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=float) + "\n")
     return path
 

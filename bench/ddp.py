@@ -8,7 +8,7 @@
 
 Synthetic pixels (no accuracy is measured, only images per second); the resampling pass, which
 encodes every training face, is timed apart from the training steps. Prints a table and writes
-bench/results/ddp.json.
+bench/results/ddp.json (ddp_accuracy.json with --accuracy).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import OUT_HELP, write_result
 from bench.server import free_port
 from training.data.h5 import H5Writer
 
@@ -79,7 +80,7 @@ def accuracy_run(procs: int, out: Path) -> dict:
                for kind, entry in manifest["models"].items()}}
 
 
-def accuracy(tolerance: float) -> None:
+def accuracy(tolerance: float, out: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         rows = [accuracy_run(p, Path(tmp) / str(p)) for p in (1, 2)]
     print(f"{'procs':>5} {'model':<6} {'bal. acc':>9} {'ROC AUC':>8} {'recall':>7} {'specif.':>8} {'wall s':>7}")
@@ -91,10 +92,9 @@ def accuracy(tolerance: float) -> None:
     gaps = {kind: abs(rows[0][kind]["balanced_accuracy"] - rows[1][kind]["balanced_accuracy"]) for kind in ("cnn", "dbvae")}
     verdict = all(g <= tolerance for g in gaps.values())
     print(f"balanced-accuracy gap 1 vs 2 processes: {gaps} (tolerance {tolerance}): {'within' if verdict else 'OUTSIDE'}")
-    out = ROOT / "bench" / "results" / "ddp_accuracy.json"
-    out.write_text(json.dumps({"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                                           "torch": torch.__version__}, "tolerance": tolerance, "gaps": gaps,
-                               "within_tolerance": verdict, "rows": rows}, indent=2) + "\n")
+    machine = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch": torch.__version__}
+    result = {"machine": machine, "tolerance": tolerance, "gaps": gaps, "within_tolerance": verdict, "rows": rows}
+    print(f"wrote {write_result(out, result)}")
 
 
 def main() -> None:
@@ -104,12 +104,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="global batch size (the same for 1 and 2 processes)")
     ap.add_argument("--models", default="cnn,dbvae")
     ap.add_argument("--procs", default="1,2", help="process counts to run (2 processes need 2 GPUs under NCCL)")
-    ap.add_argument("--out", default="ddp", help="result name: bench/results/<out>.json")
+    ap.add_argument("--out", default="", help=OUT_HELP + " (default: ddp, or ddp_accuracy with --accuracy)")
     ap.add_argument("--accuracy", action="store_true", help="compare validation accuracy instead of throughput")
     ap.add_argument("--tolerance", type=float, default=0.02, help="--accuracy: allowed balanced-accuracy gap")
     args = ap.parse_args()
     if args.accuracy:
-        return accuracy(args.tolerance)
+        return accuracy(args.tolerance, args.out or "ddp_accuracy")
     cores = os.cpu_count() or 1
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -132,9 +132,7 @@ def main() -> None:
         print(f"{r['model']:<6} {r['processes']:>5} {r['threads_per_process']:>7} {r['train_images_per_s']:>12.0f} "
               f"{r['speed_up']:>9.2f} {r['scaling_efficiency']:>10.2f} {r['resample_s']:>10.1f}")
     print(f"machine: {machine}; {args.images} synthetic images, {args.steps} steps of global batch {args.batch}")
-    out = ROOT / "bench" / "results" / f"{args.out}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine, "settings": vars(args), "rows": rows}, indent=2) + "\n")
+    print(f"wrote {write_result(args.out or 'ddp', {'machine': machine, 'settings': vars(args), 'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.common import finish, latency_summary, load_note, machine, table, time_calls
+from bench.common import OUT_HELP, finish, latency_summary, load_note, machine, table, time_calls
 from training.checkpoint import load_checkpoint
 from training.model import EncoderGraph
 
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5, help="engines alternate in this many rounds per cell")
     ap.add_argument("--ort-default", action="store_true",
                     help="add a row for ONNX Runtime with default session options, to show what tuning buys")
-    ap.add_argument("--out", default="inference", help="name of the JSON file in bench/results/")
+    ap.add_argument("--out", default="inference", help=OUT_HELP)
     args = ap.parse_args(argv)
     result = run(args)
     print()

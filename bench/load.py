@@ -44,7 +44,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from bench.common import load_average, load_note, machine, table, write_result
+from bench.common import OUT_HELP, load_average, load_note, machine, table, write_result
 from bench.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-max", type=int, default=16, help="FACEDET_MICRO_BATCH_MAX for detect+batch")
     ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="FACEDET_MICRO_BATCH_WAIT_MS for detect+batch")
     ap.add_argument("--checkpoint", default="checkpoints/dbvae.pt", help="the naive peer's PyTorch model")
-    ap.add_argument("--out", default="load")
+    ap.add_argument("--out", default="load", help=OUT_HELP)
     args = ap.parse_args(argv)
 
     info = machine()

@@ -45,7 +45,7 @@ from sklearn.ensemble import RandomForestClassifier
 from skimage.feature import haar_like_feature, haar_like_feature_coord
 from skimage.transform import integral_image, resize
 
-from bench.common import finish, load_note, machine, table
+from bench.common import OUT_HELP, finish, load_note, machine, table
 from training.config import default_cache_dir
 from training.data.image import load_image, to_model_input
 from training.data.sources import manifest_split, open_source
@@ -215,7 +215,7 @@ def main(argv=None) -> int:
     ap.add_argument("--haar-pad", type=int, nargs="+", default=[0, 8],
                     help="one cascade row per value: replicated border (px) added around the 64x64 image first")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out", default="quality")
+    ap.add_argument("--out", default="quality", help=OUT_HELP)
     args = ap.parse_args(argv)
     cv2.setNumThreads(args.threads)
     result = run(args)

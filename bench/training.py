@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import finish, load_note, machine, table
+from bench.common import OUT_HELP, finish, load_note, machine, table
 from training.augment import augment
 from training.config import TrainConfig
 from training.data.h5 import H5Source, H5Writer
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--cpu", action="store_true", help="stay on the CPU even when a GPU is present")
-    ap.add_argument("--out", default="training")
+    ap.add_argument("--out", default="training", help=OUT_HELP)
     args = ap.parse_args(argv)
     result = run(args)
     m, c = result["machine"], result["resampling_vs_numpy"]
