@@ -173,8 +173,11 @@ def gpu(summary: dict | None) -> list[str]:
                  for r in ddp_gpu["rows"]]
     default = read_result("gpu_default_training")
     if default:
+        crops = default["data"].get("builtin_non_faces")
+        data = f"built-in data with {crops:,} extra non-face crops" if crops else "built-in data"
         rows += [["README training", k, f"val bal. acc {e['val']['balanced_accuracy']:.3f}",
-                  f"ROC AUC {e['val']['roc_auc']:.3f}, built-in data, all defaults, on CUDA ({e['version']})"]
+                  f"ROC AUC {e['val']['roc_auc']:.3f}, {data}, the defaults as of {default['created']}, on CUDA "
+                  f"({e['version']})"]
                  for k, e in default["models"].items()]
     beside = (f"; the last {len(rows) - checked} rows are runs made beside it on a lent machine of the same kind "
               "(`python -m bench.training --batch-size 256`, `python -m bench.ddp --procs 1`, `python -m training`; "

@@ -6,6 +6,8 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from training.data.builtin import EXTRA_NON_FACES
+
 
 def default_cache_dir() -> str:
     return os.environ.get("FACEDET_CACHE", str(Path.home() / ".cache" / "facedet"))
@@ -24,7 +26,7 @@ class TrainConfig:
     faces: str = opt("", "--source folders: directory of face images (sub-folders become groups)")
     non_faces: str = opt("", "--source folders: directory of non-face images")
     cache_dir: str = opt(default_cache_dir(), "built-in set and converted folders are cached here")
-    builtin_non_faces: int = opt(1400, "extra natural-image crops added to the built-in set's 100 patches")
+    builtin_non_faces: int = opt(EXTRA_NON_FACES, "extra natural-image crops added to the built-in set's 100 patches")
     val_fraction: float = opt(0.2, "held-out, stratified by label, seeded")
     seed: int = opt(0, "seeds the split, sampling, augmentation and weights")
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data.builtin import builtin_path
+from training.data.builtin import EXTRA_NON_FACES, builtin_path
 from training.data.folders import convert_folders
 from training.data.h5 import DataError, H5Source
 
 
 def open_source(source: str, *, h5: str = "", faces: str = "", non_faces: str = "",
-                cache_dir: str = "", builtin_non_faces: int = 1400, seed: int = 0) -> H5Source:
+                cache_dir: str = "", builtin_non_faces: int = EXTRA_NON_FACES, seed: int = 0) -> H5Source:
     cache = Path(cache_dir).expanduser()
     if source == "builtin":
         return H5Source(builtin_path(cache, builtin_non_faces, seed), name="builtin")
@@ -48,6 +48,6 @@ def manifest_split(data: dict, cache_dir: str) -> tuple[H5Source, np.ndarray, np
     name = data.get("source", "builtin")
     source = open_source(name, h5=data.get("path", "") if name == "h5" else "", faces=data.get("faces", ""),
                          non_faces=data.get("non_faces", ""), cache_dir=cache_dir,
-                         builtin_non_faces=data.get("builtin_non_faces", 1400), seed=data.get("seed", 0))
+                         builtin_non_faces=data.get("builtin_non_faces", EXTRA_NON_FACES), seed=data.get("seed", 0))
     train_idx, val_idx = stratified_split(source.labels, data.get("val_fraction", 0.2), data.get("seed", 0))
     return source, train_idx, val_idx
