@@ -22,9 +22,9 @@ from training.data.image import IMAGE_SIZE, prepare
 BUILTIN_VERSION = 2
 LFW_SIZE = 25
 # Random crops of the natural pictures added as non-faces. More crops of the same 22 pictures (every scale and
-# place) teach much better what is not a face: 1,400 -> 5,000 raised specificity on 291 real photo crops from
-# outside the repo from 0.62 to 0.75 (CNN, mean of 3 seeds; DB-VAE 0.61 -> 0.72, 2 seeds), while face recall
-# on 66 crops of 22 faces fell from 0.83 to 0.77 (DB-VAE 0.90 -> 0.87), mostly on loosely framed faces.
+# place) teach much better what is not a face: 1,400 -> 5,000 raised specificity on 291 real photo crops (an
+# ad hoc set, not in the repo) from 0.62 to 0.75 (CNN, mean of 3 seeds; DB-VAE 0.61 -> 0.72, 2 seeds), while recall
+# on its 66 crops of 22 faces fell from 0.83 to 0.77 (DB-VAE 0.90 -> 0.87), mostly on loosely framed faces.
 # Training takes about 3x as long: an epoch is one pass over the training images.
 EXTRA_NON_FACES = 5000
 # scikit-image sample pictures without people (astronaut, camera and the GIF show people).
