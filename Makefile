@@ -51,8 +51,7 @@ gpu-check:  ## benchmark 5, on a GPU machine (< 5 min; without a GPU it says so 
 report: install-bench  ## model report: reports/*.png + reports/report.md from the committed models/
 	$(PY) -m bench.report
 
-readme: install  ## rewrite the README's measured figures from models/manifest.json and bench/results/
-	$(PY) -m training.evaluate --update-readme README.md
+readme: install  ## rewrite the README's generated parts from models/manifest.json and bench/results/
 	$(PY) -m bench.readme
 
 clean:

@@ -15,9 +15,19 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# BENCH_RESULTS_DIR redirects the JSON (bench/gpu_check.sh does, when it runs without a GPU).
-RESULTS = Path(os.environ.get("BENCH_RESULTS_DIR") or Path(__file__).resolve().parent / "results")
+
+class BenchEnvironment(BaseSettings):
+    """The one environment variable the benchmarks read: BENCH_RESULTS_DIR redirects the JSON
+    (bench/gpu_check.sh does, when it runs without a GPU)."""
+
+    model_config = SettingsConfigDict(env_prefix="BENCH_", extra="ignore")
+
+    results_dir: str = ""  # empty or unset: bench/results/
+
+
+RESULTS = Path(BenchEnvironment().results_dir or Path(__file__).resolve().parent / "results")
 
 
 def cpu_model() -> str:

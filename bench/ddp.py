@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from bench.common import OUT_HELP, write_result
-from bench.server import free_port
+from service.process import free_port
 from training.data.h5 import H5Writer
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ which the training command itself skips for a world of one.
 
 Service: the real app (service.main.create_app, lifespan included) with its default provider list and
 FACEDET_REQUIRE_GPU=1, against the same app on CPUExecutionProvider alone: /readyz must answer 200 with every
-graph on CUDA, and /detect (both models), /reconstruct and /morph must answer 200 with face probabilities
+graph on CUDA, and /v1/detect (both models), /v1/reconstruct and /v1/morph must answer 200 with face probabilities
 within 1e-3 of the CPU app's on the quality benchmark's eight real spot-check pictures.
 
 Parity: every graph in models/ (CNN, DB-VAE encoder, DB-VAE decoder) runs the same seeded batch on the CPU
@@ -99,6 +99,7 @@ def collectives(faces: int, seed: int = 0) -> dict | None:
     from torch.nn.parallel import DistributedDataParallel
 
     from training.distributed import Dist, device_for, from_environment, init, shutdown
+    from training.config import TrainConfig
     from training.model import ModelConfig, build_model, dbvae_loss
     from training.resampling import sampling_probabilities
 
@@ -122,7 +123,7 @@ def collectives(faces: int, seed: int = 0) -> dict | None:
     gen.manual_seed(seed + 1 + world.rank)  # each rank its own batch, as in training
     x = torch.rand(16, 3, 64, 64, generator=gen).to(device)
     y = (torch.arange(16) % 2).float().to(device)
-    dbvae_loss(x, y, *model(x))["loss"].backward()
+    dbvae_loss(x, y, *model(x), kl_weight=TrainConfig().kl_weight)["loss"].backward()
     grads = torch.cat([q.grad.flatten() for q in net.parameters()]).double()
     lo, hi = world.all_reduce(grads.clone(), "min"), world.all_reduce(grads.clone(), "max")
     same = bool(torch.equal(lo, hi) and torch.isfinite(grads).all())
@@ -152,11 +153,11 @@ def service_check() -> dict:
             ready = client.get("/readyz")
             run = {"readyz": ready.status_code, "providers": ready.json().get("providers", {}), "detect": {}}
             for model in ("dbvae", "cnn"):
-                r = client.post("/detect", params={"model": model}, files=files)
+                r = client.post("/v1/detect", params={"model": model}, files=files)
                 run["detect"][model] = ([d["face_probability"] for d in r.json()["results"]]
                                         if r.status_code == 200 else f"status {r.status_code}: {r.text[:200]}")
-            run["reconstruct"] = client.post("/reconstruct", files=[files[0]]).status_code
-            run["morph"] = client.post("/morph", files={"a": files[0][1], "b": files[2][1]}).status_code
+            run["reconstruct"] = client.post("/v1/reconstruct", files=[files[0]]).status_code
+            run["morph"] = client.post("/v1/morph", files={"a": files[0][1], "b": files[2][1]}).status_code
             runs[label] = run
     gpu, cpu = runs["gpu"], runs["cpu"]
     diffs = {m: float(np.abs(np.subtract(gpu["detect"][m], cpu["detect"][m])).max())

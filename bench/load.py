@@ -7,7 +7,7 @@ Every server is its own process, started the way a user starts it (`python -m se
 models/; the references with `python -m bench.load_peers floor|naive --port P`, see that file), and is driven
 by a separate load-generator process (bench/load_client.py) at each concurrency for a bounded time. Servers:
 
-* detect        — the service's /detect (DB-VAE) as it starts by default: micro-batching off, requests of at
+* detect        — the service's /v1/detect (DB-VAE) as it starts by default: micro-batching off, requests of at
                   most 64x64 pixels (the PNG payload) answered on the event loop (FACEDET_INLINE_MAX_PIXELS)
 * detect-pool   — the same with FACEDET_INLINE_MAX_PIXELS=0: every request decoded and classified in the pool
 * detect+batch  — the same with micro-batching on (FACEDET_MICRO_BATCH_MAX and _WAIT_MS from --batch-max and
@@ -40,12 +40,11 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
 from bench.common import OUT_HELP, load_average, load_note, machine, table, write_result
-from bench.server import ServerProcess
+from service.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -101,7 +100,7 @@ def drive(server: Server, path: Path, ctype: str, concurrency: int, seconds: flo
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     cpu0 = cpu_s(server.proc.pid)
-    out = subprocess.run([sys.executable, "-m", "bench.load_client", "--url", f"{server.url}/detect",
+    out = subprocess.run([sys.executable, "-m", "bench.load_client", "--url", f"{server.url}/v1/detect",
                           "--file", str(path), "--type", ctype, "--concurrency", str(concurrency),
                           "--seconds", str(seconds), "--warmup", str(warmup)],
                          cwd=ROOT, capture_output=True, text=True, timeout=warmup + seconds + 120, check=True)

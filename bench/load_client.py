@@ -1,7 +1,7 @@
 """The load generator of bench/load.py, run as its own process: C keep-alive connections, each sending the
 same multipart POST back to back for a bounded time, then one JSON line on stdout.
 
-    python -m bench.load_client --url http://127.0.0.1:8000/detect --file face.png --type image/png \
+    python -m bench.load_client --url http://127.0.0.1:8000/v1/detect --file face.png --type image/png \
         --concurrency 32 --seconds 8 --warmup 1
 
 A hand-written HTTP/1.1 client on asyncio streams rather than httpx: on a 2-core machine the load generator

@@ -4,7 +4,7 @@
     python -m bench.load_peers naive --port 8102 [--checkpoint checkpoints/dbvae.pt]
 
 * floor — a bare FastAPI endpoint that accepts the same multipart upload (FastAPI parses the form, as it
-  does for /detect) and returns a constant JSON: what the framework alone costs per request.
+  does for /v1/detect) and returns a constant JSON: what the framework alone costs per request.
 * naive — what a user would write by hand: a sync FastAPI endpoint that decodes the upload with Pillow
   (RGB, centre square crop, bilinear 64x64: the same pre-processing as the service, so the answers are
   comparable), runs the DB-VAE encoder eagerly in PyTorch from the training checkpoint, one request at a
@@ -27,7 +27,7 @@ from fastapi import FastAPI, File, UploadFile
 def floor_app() -> FastAPI:
     app = FastAPI()
 
-    @app.post("/detect")
+    @app.post("/v1/detect")
     async def detect(image: Annotated[list[UploadFile], File()]) -> dict:
         return {"model": "floor", "results": [{"filename": "x", "face_probability": 0.5, "is_face": True}]}
 
@@ -49,7 +49,7 @@ def naive_app(checkpoint: Path) -> FastAPI:
     lock = threading.Lock()
     app = FastAPI()
 
-    @app.post("/detect")
+    @app.post("/v1/detect")
     def detect(image: Annotated[list[UploadFile], File()]) -> dict:
         results = []
         for upload in image:

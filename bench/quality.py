@@ -46,11 +46,12 @@ from skimage.feature import haar_like_feature, haar_like_feature_coord
 from skimage.transform import integral_image, resize
 
 from bench.common import OUT_HELP, finish, load_note, machine, table
-from training.config import default_cache_dir
+from training.contract import SCORING_GRAPH
 from training.data.image import load_image, to_model_input
 from training.data.sources import manifest_split, open_source
-from training.evaluate import CLASSIFIER_GRAPH, load_manifest
-from training.metrics import binary_metrics
+from training.environment import environment
+from training.manifest import load_manifest
+from training.metrics import binary_metrics, sigmoid
 
 HAAR_TYPES = ["type-2-x", "type-2-y", "type-3-x", "type-3-y"]
 RF_SIZE = 25
@@ -61,13 +62,13 @@ class OnnxDetector:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         self.session = ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
-        self.name_in, self.name_out = self.session.get_inputs()[0].name, self.session.get_outputs()[0].name
+        self.name_in = self.session.get_inputs()[0].name
         self.threshold = threshold
 
     def scores(self, images: np.ndarray) -> np.ndarray:
-        out = [self.session.run([self.name_out], {self.name_in: to_model_input(images[i:i + 256])})[0]
+        out = [self.session.run(["logit"], {self.name_in: to_model_input(images[i:i + 256])})[0]
                for i in range(0, len(images), 256)]
-        return 1.0 / (1.0 + np.exp(-np.concatenate(out).astype(np.float64)))  # face probability
+        return sigmoid(np.concatenate(out))  # face probability
 
 
 class HaarCascade:
@@ -174,8 +175,8 @@ def run(args) -> dict:
     forest = HaarForest(args.rf_features, seed=0, threads=args.threads).fit(source.read(train_idx),
                                                                              source.labels[train_idx])
     fit_s = time.perf_counter() - t0
-    detectors = {kind: OnnxDetector(models_dir / entry["graphs"][CLASSIFIER_GRAPH[kind]], args.threads,
-                                    float(entry.get("threshold", 0.5)))
+    detectors = {kind: OnnxDetector(models_dir / entry["graphs"][SCORING_GRAPH[kind]], args.threads,
+                                    float(entry["threshold"]))
                  for kind, entry in manifest["models"].items()}
     for pad in args.haar_pad:
         detectors["haar-cascade" + (f" +{pad}px" if pad else "")] = HaarCascade(pad)
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models-dir", default="models")
-    ap.add_argument("--cache-dir", default=default_cache_dir())
+    ap.add_argument("--cache-dir", default=str(environment().cache), help="(default: FACEDET_CACHE)")
     ap.add_argument("--faces", default="", help="optional labelled set: a folder of face images")
     ap.add_argument("--non-faces", default="", help="optional labelled set: a folder of non-face images")
     ap.add_argument("--rf-features", type=int, default=2000, help="Haar-like features sampled for the forest")

@@ -1,18 +1,28 @@
-"""Write the measured figures into the README: `python -m bench.readme` (or `make readme-bench`).
+"""The one README writer: `python -m bench.readme` (or `make readme`) rewrites every generated part of README.md.
 
-Every number in the README's "Measured" section comes from a JSON file in bench/results/ written by a
-benchmark, never typed by hand; each table names the file, the date and the machine load it ran under.
+* between `<!-- metrics:start -->` and `<!-- metrics:end -->`: the held-out metrics of models/manifest.json;
+* between `<!-- bench:start -->` and `<!-- bench:end -->`: every benchmark's figures, from the JSON files in
+  bench/results/ the benchmarks wrote; each table names the file, the date and the machine load it ran under;
+* between `<!-- digits:start -->` and `<!-- digits:end -->`: the digit experiment (`python -m training.digits`),
+  from bench/results/digits.json.
+
+No number there is typed by hand.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 from bench.common import read_result
 
+from training.reporting import METRIC_COLUMNS
+
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+METRICS_START, METRICS_END = "<!-- metrics:start -->", "<!-- metrics:end -->"
+DIGITS_START, DIGITS_END = "<!-- digits:start -->", "<!-- digits:end -->"
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -198,13 +208,50 @@ def section() -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-def main() -> None:
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    head, rest = text.split(START, 1)
-    readme.write_text(head + START + "\n" + section() + END + rest.split(END, 1)[1])
-    print(f"updated the measured figures in {readme}")
+def manifest_markdown(manifest: dict) -> str:
+    """The manifest's held-out metrics as a Markdown table."""
+    data = manifest["data"]
+    lines = [f"Measured by `python -m training` on {manifest['created']} (source `{data['source']}`; held-out split: "
+             f"{data['val']['faces']} faces, {data['val']['non_faces']} non-faces; ONNX Runtime on the exported files):",
+             "", "| model | version | " + " | ".join(c.replace("_", " ") for c in METRIC_COLUMNS) + " |",
+             "|---|---|" + "---:|" * len(METRIC_COLUMNS)]
+    for kind, entry in manifest["models"].items():
+        val = entry["metrics"]["val"]
+        lines.append(f"| {kind} | `{entry['version']}` | " + " | ".join(f"{val[c]:.3f}" for c in METRIC_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def replace_between(text: str, start: str, end: str, body: str) -> str:
+    if start not in text or end not in text:
+        raise SystemExit(f"README.md has no {start} ... {end} markers")
+    head, rest = text.split(start, 1)
+    return head + start + "\n" + body + end + rest.split(end, 1)[1]
+
+
+def update(readme: Path, models_dir: Path, metrics_only: bool = False) -> None:
+    manifest = json.loads((models_dir / "manifest.json").read_text())
+    text = replace_between(readme.read_text(), METRICS_START, METRICS_END, manifest_markdown(manifest))
+    if not metrics_only:
+        text = replace_between(text, START, END, section())
+        digits = read_result("digits")
+        if digits:
+            from training.digits import readme_section
+
+            text = replace_between(text, DIGITS_START, DIGITS_END, readme_section(digits).rstrip("\n") + "\n")
+    readme.write_text(text)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.readme", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--readme", default=str(ROOT / "README.md"))
+    ap.add_argument("--models-dir", default=str(ROOT / "models"))
+    ap.add_argument("--metrics-only", action="store_true", help="rewrite only the model metrics table")
+    args = ap.parse_args(argv)
+    update(Path(args.readme), Path(args.models_dir), args.metrics_only)
+    print(f"updated the generated parts of {args.readme}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,7 +13,7 @@ Figures (each states the data it came from in its footer) and reports/report.md,
   training does at the start of an epoch with the PyTorch encoder: mu agrees with it to ~1e-6)
 * roc.png             — ROC curves of the exported ONNX models on the validation split
 * reconstructions.png — validation faces and their DB-VAE reconstructions (ONNX encoder mu -> decoder)
-* morph.png           — a latent walk between two validation faces, as the service's /morph does it:
+* morph.png           — a latent walk between two validation faces, as the service's /v1/morph does it:
                         mu_a + t (mu_b - mu_a), t in linspace(0, 1, steps), decoded by the ONNX decoder
 * groups.png          — face accuracy per group, CNN vs DB-VAE, when a group-labelled folder set is given
 """
@@ -32,11 +32,14 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402 - training.resampling works on tensors
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from training.config import default_cache_dir  # noqa: E402
+from training.contract import SCORING_GRAPH  # noqa: E402
 from training.data.image import to_model_input  # noqa: E402
 from training.data.sources import manifest_split, open_source  # noqa: E402
-from training.evaluate import CLASSIFIER_GRAPH, evaluate_models, group_chart, load_manifest  # noqa: E402
-from training.metrics import binary_metrics  # noqa: E402
+from training.environment import environment  # noqa: E402
+from training.evaluation import evaluate_models  # noqa: E402
+from training.manifest import load_manifest  # noqa: E402
+from training.metrics import binary_metrics, sigmoid  # noqa: E402
+from training.reporting import group_chart  # noqa: E402
 from training.resampling import sampling_probabilities  # noqa: E402
 
 COLOURS = {"cnn": "tab:blue", "dbvae": "tab:orange"}
@@ -133,10 +136,9 @@ def faces_grid(images: np.ndarray, p: np.ndarray, title: str, out: Path, name: s
 def roc_figure(models_dir: Path, manifest: dict, images: np.ndarray, y: np.ndarray, out: Path, footer: str) -> Path:
     fig, ax = plt.subplots(figsize=(4.8, 4.4))
     for kind, entry in manifest["models"].items():
-        sess = session(models_dir / entry["graphs"][CLASSIFIER_GRAPH[kind]])
-        logit = sess.run([sess.get_outputs()[0].name], {"image": to_model_input(images)})[0].astype(np.float64)
-        prob = 1 / (1 + np.exp(-logit))
-        m = binary_metrics(y, prob, float(entry.get("threshold", 0.5)))
+        sess = session(models_dir / entry["graphs"][SCORING_GRAPH[kind]])
+        prob = sigmoid(sess.run(["logit"], {"image": to_model_input(images)})[0])
+        m = binary_metrics(y, prob, float(entry["threshold"]))
         fpr, tpr, _ = roc_curve(y, prob)
         ax.plot(fpr, tpr, color=COLOURS.get(kind), label=f"{kind.upper()}: AUC {m['roc_auc']:.3f}, "
                                                          f"bal. acc {m['balanced_accuracy']:.3f}")
@@ -161,7 +163,7 @@ def reconstructions(enc, dec, faces: np.ndarray, out: Path, footer: str) -> Path
 def morph(enc, dec, a: np.ndarray, b: np.ndarray, steps: int, out: Path, footer: str) -> Path:
     _, mu, _ = enc.run(["logit", "mu", "logvar"], {"image": to_model_input(np.stack([a, b]))})
     t = np.linspace(0.0, 1.0, steps, dtype=np.float32)[:, None]
-    z = mu[0:1] + t * (mu[1:2] - mu[0:1])  # same interpolation as the service's /morph
+    z = mu[0:1] + t * (mu[1:2] - mu[0:1])  # same interpolation as the service's /v1/morph
     frames = dec.run(["image"], {"z": z.astype(np.float32)})[0].transpose(0, 2, 3, 1)
     strip = np.concatenate([a[None].astype(np.float32) / 255.0, frames, b[None].astype(np.float32) / 255.0])
     fig, ax = plt.subplots(figsize=(1.1 * len(strip), 1.9))
@@ -179,7 +181,7 @@ def run(args) -> list[tuple[str, Path]]:
     src_name = data.get("source", "builtin")
     source, train_idx, val_idx = manifest_split(data, args.cache_dir)
     versions = ", ".join(f"{k} {e['version']}" for k, e in manifest["models"].items())
-    data_line = (f"data: source '{src_name}' (seed {data.get('seed', 0)}, val fraction {data.get('val_fraction', 0.2)})"
+    data_line = (f"data: source '{src_name}' (seed {data['seed']}, val fraction {data['val_fraction']})"
                  f"; models: {versions} (manifest {manifest['created']})")
     histories = {k: e["metrics"]["history"] for k, e in manifest["models"].items() if e["metrics"].get("history")}
     figures = []
@@ -194,7 +196,7 @@ def run(args) -> list[tuple[str, Path]]:
         enc = session(models_dir / entry["graphs"]["encoder"])
         mu = np.concatenate([enc.run(["mu"], {"image": to_model_input(source.read(train_faces[i:i + 256]))})[0]
                              for i in range(0, len(train_faces), 256)])
-        p = sampling_probabilities(torch.from_numpy(mu), tc.get("hist_bins", 10), tc.get("smoothing", 1e-3)).numpy()
+        p = sampling_probabilities(torch.from_numpy(mu), tc["hist_bins"], tc["smoothing"]).numpy()
         hist = entry["metrics"].get("history", [])
         foot = (f"Training split faces ({len(train_faces)}), probabilities recomputed from the exported DB-VAE "
                 f"encoder's mu ({entry['version']}, after epoch {len(hist)}) as at the start of an epoch; per-epoch "
@@ -225,7 +227,7 @@ def run(args) -> list[tuple[str, Path]]:
                                        f"{data_line}")))
     if args.faces and args.non_faces:
         user = open_source("folders", faces=args.faces, non_faces=args.non_faces, cache_dir=args.cache_dir)
-        result = evaluate_models(models_dir, manifest, user, np.arange(len(user)))
+        result = evaluate_models(models_dir, manifest["models"], user, np.arange(len(user)))
         d = result["data"]
         foot = (f"Folder set {args.faces} ({d['faces']} faces in group sub-folders) + {args.non_faces} "
                 f"({d['non_faces']} non-faces), every image; ONNX models {versions}.")
@@ -250,7 +252,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models-dir", default="models")
-    ap.add_argument("--cache-dir", default=default_cache_dir())
+    ap.add_argument("--cache-dir", default=str(environment().cache), help="(default: FACEDET_CACHE)")
     ap.add_argument("--out", default="reports")
     ap.add_argument("--grid", type=int, default=16, help="faces per grid")
     ap.add_argument("--steps", type=int, default=8, help="morph steps (t from 0 to 1 inclusive)")

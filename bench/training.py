@@ -10,13 +10,15 @@ of steps and the epoch is extrapolated from the per-batch times (stated in the o
 training/train.py runs them:
 
 * load      — DataLoader batch: h5 read by index (BGR -> RGB) + uint8 -> float32 NCHW (workers=0, the default)
-* augment   — training.augment.augment on the batch
-* step      — forward, loss, backward, Adam step
+* augment   — training.train.augment_batch (the batch's non-faces as the scenes faces are zoomed out into)
+* step      — training.train.train_step: forward, loss, backward, Adam step
 * resample  — DB-VAE only, once per epoch: encode every training face in eval mode (extrapolated from
               --encode faces), sampling_probabilities over [faces, latent_dim] (measured at full size), and
               drawing the epoch's batch indices with those probabilities
 
-Next to it, the vectorised sampling_probabilities against the lab's per-dimension NumPy loop, on the same
+The network is the one `python -m training` trains on its defaults (TrainConfig().model_config(): the grey +
+low-pass front end and dropout of the built-in source). Next to it, the vectorised sampling_probabilities against
+the lab's per-dimension NumPy loop (training.resampling.reference_probabilities), on the same
 full-size latent sample; the two must agree (max abs difference printed, asserted below 1e-12).
 Caveat: the small file sits in the page cache, so `load` is a best case for a 5 GB file on a cold disk.
 """
@@ -34,28 +36,12 @@ import numpy as np
 import torch
 
 from bench.common import OUT_HELP, finish, load_note, machine, table
-from training.augment import augment
 from training.config import TrainConfig
 from training.data.h5 import H5Source, H5Writer
-from training.model import ModelConfig, build_model, cnn_loss, dbvae_loss
-from training.resampling import sampling_probabilities
-from training.train import as_input, batches_of, epoch_batches, predict
+from training.resampling import reference_probabilities, sampling_probabilities
+from training.train import as_input, augment_batch, batches_of, epoch_batches, new_model, predict, train_step
 
 CELEBA_IMAGES = 202_599
-
-
-def lab_probabilities(mu: np.ndarray, bins: int = 10, alpha: float = 1e-3) -> np.ndarray:
-    """The MIT 6.S191 lab's straightforward loop, one latent dimension at a time."""
-    p = np.zeros(mu.shape[0])
-    for i in range(mu.shape[1]):
-        density, edges = np.histogram(mu[:, i], density=True, bins=bins)
-        edges[0], edges[-1] = -np.inf, np.inf
-        idx = np.digitize(mu[:, i], edges)
-        smoothed = density + alpha
-        smoothed = smoothed / smoothed.sum()
-        w = 1.0 / smoothed[idx - 1]
-        p = np.maximum(p, w / w.sum())
-    return p / p.sum()
 
 
 def write_synthetic(path: Path, n: int, seed: int) -> None:
@@ -73,10 +59,10 @@ def sync(device: torch.device) -> None:
 
 def time_steps(kind: str, source: H5Source, cfg: TrainConfig, device: torch.device, steps: int,
                warmup: int = 2) -> dict:
-    """Mean seconds per batch for load / augment / step, over `steps` batches after `warmup`."""
-    torch.manual_seed(0)
-    model = build_model(kind, ModelConfig(latent_dim=cfg.latent_dim)).to(device).train()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    """Mean seconds per batch for load / augment / step, over `steps` batches after `warmup`: the network,
+    augmentation and step of `python -m training` (training.train's new_model, augment_batch, train_step)."""
+    model = new_model(kind, cfg, device).train()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(0)
     rng = np.random.default_rng(0)
     idx = np.arange(len(source))
@@ -92,13 +78,10 @@ def time_steps(kind: str, source: H5Source, cfg: TrainConfig, device: torch.devi
         y = y.to(device)
         sync(device)
         t1 = time.perf_counter()
-        x = augment(x, cfg, gen)
+        x = augment_batch(x, y, cfg, gen)
         sync(device)
         t2 = time.perf_counter()
-        losses = dbvae_loss(x, y, *model(x), kl_weight=cfg.kl_weight) if kind == "dbvae" else cnn_loss(y, model(x))
-        opt.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        opt.step()
+        losses = train_step(kind, model, opt, x, y, cfg)
         losses["loss"].item()  # wait for the step, as the training loop does when it logs the loss
         t3 = time.perf_counter()
         if i >= warmup:
@@ -110,7 +93,7 @@ def time_steps(kind: str, source: H5Source, cfg: TrainConfig, device: torch.devi
 def time_resampling(source: H5Source, cfg: TrainConfig, device: torch.device, n_faces: int, n_encode: int,
                     steps: int, repeats: int = 3) -> tuple[dict, dict]:
     """-> (per-epoch resampling seconds by part, vectorised-vs-lab comparison)."""
-    model = build_model("dbvae", ModelConfig(latent_dim=cfg.latent_dim)).to(device)
+    model = new_model("dbvae", cfg, device)
     faces = np.flatnonzero(source.labels == 1)
     enc = np.resize(faces, n_encode)  # repeat the small file's faces up to n_encode
     predict(model, source, enc[: cfg.resample_batch], device, cfg.resample_batch)  # warm-up
@@ -133,7 +116,7 @@ def time_resampling(source: H5Source, cfg: TrainConfig, device: torch.device, n_
         p = sampling_probabilities(mu_t, cfg.hist_bins, cfg.smoothing).cpu().numpy()
         t_vec.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        p_lab = lab_probabilities(mu, cfg.hist_bins, cfg.smoothing)
+        p_lab = reference_probabilities(mu, cfg.hist_bins, cfg.smoothing)
         t_lab.append(time.perf_counter() - t0)
     t_vec, t_lab = min(t_vec), min(t_lab)
     diff = float(np.abs(p - p_lab).max())

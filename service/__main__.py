@@ -12,9 +12,10 @@ import sys
 
 import uvicorn
 
-from service.engine import Engine
+from service.admission import Admission
 from service.main import create_app
 from service.manifest import ModelError
+from service.runtime import Runtime
 from service.server import DrainingServer
 from service.settings import SettingsError, load_settings
 
@@ -32,15 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(**overrides)
         logging.getLogger().setLevel(settings.log_level.upper())
-        engine = Engine.load(settings)
+        runtime = Runtime.load(settings)
     except (SettingsError, ModelError) as exc:
         log.error("cannot start: %s", exc)
         return 2
 
-    config = uvicorn.Config(create_app(settings, engine), host=settings.host, port=settings.port,
+    admission = Admission(settings)
+    config = uvicorn.Config(create_app(settings, runtime, admission), host=settings.host, port=settings.port,
                             log_level=settings.log_level, access_log=settings.access_log,
                             timeout_graceful_shutdown=settings.graceful_timeout_s)
-    DrainingServer(config, engine, settings.shutdown_delay_s).run()
+    DrainingServer(config, admission, settings.shutdown_delay_s).run()
     return 0
 
 

@@ -12,16 +12,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.problems import ProblemError
+
 log = logging.getLogger("service.errors")
 PROBLEM_JSON = "application/problem+json"
-
-
-class ProblemError(Exception):
-    """An expected failure with a known status; raised anywhere, rendered by the handler below."""
-
-    def __init__(self, status: int, slug: str, title: str, detail: str, headers: dict[str, str] | None = None):
-        super().__init__(detail)
-        self.status, self.slug, self.title, self.detail, self.headers = status, slug, title, detail, headers
 
 
 def problem_response(scope: Scope, status: int, slug: str, title: str, detail: str,

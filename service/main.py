@@ -1,4 +1,4 @@
-"""Wiring only: settings, lifespan (engine up, warm-up, engine down), middleware, handlers, routers."""
+"""Wiring only: settings, lifespan (models up, warm-up, pool down), middleware, handlers, routers."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from PIL import Image
 
-from service.engine import Engine
 from service.errors import UnexpectedErrorMiddleware, install_handlers
+from service.admission import Admission
 from service.limits import BodyLimitMiddleware
 from service.memory import trim_when_idle
 from service.metrics import Metrics, MetricsMiddleware
+from service.pipeline import Pipeline
 from service.routes import detect, health, metrics, models, morph, reconstruct
+from service.runtime import Runtime
 from service.settings import Settings, load_settings
 
 log = logging.getLogger("service")
@@ -27,30 +29,34 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Pillow only warns between its limit and twice it; a warning must refuse the image like the error does.
     warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
     settings: Settings = app.state.settings
-    engine: Engine = app.state.engine or Engine.load(settings)
-    app.state.engine = engine
-    await engine.call(engine.warm_up)
+    runtime: Runtime = app.state.runtime or Runtime.load(settings)
+    admission: Admission = app.state.admission or Admission(settings)
+    pipeline = Pipeline(settings, runtime, admission)
+    app.state.runtime, app.state.admission, app.state.pipeline = runtime, admission, pipeline
+    await admission.run(runtime.warm_up)
     m: Metrics = app.state.metrics
-    for graph in engine.graphs.values():  # observed from here on: warm-up runs are not traffic
+    for graph in runtime.graphs.values():  # observed from here on: warm-up runs are not traffic
         graph.observe = m.observe_inference
         m.provider.labels(graph=graph.key, provider=graph.providers[0]).set(1)
-    m.admitted.set_function(lambda: engine.admitted)
-    reason = engine.not_ready_reason()
+    m.admitted.set_function(lambda: admission.admitted)
+    reason = pipeline.not_ready_reason()
     if reason:
         log.error("not ready: %s", reason)
     log.info("serving models from %s on %s", settings.models_dir,
-             sorted({g.providers[0] for g in engine.graphs.values()}))
-    trimmer = asyncio.create_task(trim_when_idle(engine, m, settings.memory_trim_s))
+             sorted({g.providers[0] for g in runtime.graphs.values()}))
+    trimmer = asyncio.create_task(trim_when_idle(admission, m, settings.memory_trim_s))
     try:
         yield
     finally:
         trimmer.cancel()
-        engine.draining = True
-        engine.close()
+        admission.draining = True
+        admission.close()
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """`engine` may be loaded beforehand (python -m service does, to fail with one line, not a traceback)."""
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
+               admission: Admission | None = None) -> FastAPI:
+    """`runtime` may be loaded beforehand (python -m service does, to fail with one line, not a traceback), and
+    `admission` made beforehand (the draining server sets its flag); the lifespan makes whichever is missing."""
     settings = settings or load_settings()
     app = FastAPI(
         title="Debiased face detection",
@@ -58,7 +64,8 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         version="1",
         lifespan=lifespan,
     )
-    app.state.settings, app.state.engine, app.state.metrics = settings, engine, Metrics()
+    app.state.settings, app.state.metrics = settings, Metrics()
+    app.state.runtime, app.state.admission, app.state.pipeline = runtime, admission, None
     install_handlers(app)
     # Added innermost first: metrics see every final status, including the 500s and 413s made below them.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)

@@ -8,10 +8,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from service.contract import MODEL_GRAPHS
 from service.schemas import Manifest
-
-# What the service needs from each model; extra graphs or models in the manifest are ignored.
-REQUIRED_GRAPHS = {"cnn": ("classifier",), "dbvae": ("encoder", "decoder")}
 
 
 class ModelError(Exception):
@@ -41,7 +39,7 @@ def load_manifest(models_dir: Path) -> Manifest:
         where = ".".join(str(p) for p in first["loc"])
         raise ModelError(f"{path} does not follow the contract: {where}: {first['msg']}") from None
 
-    for model, graphs in REQUIRED_GRAPHS.items():
+    for model, graphs in MODEL_GRAPHS.items():
         if model not in manifest.models:
             raise ModelError(f"{path} has no '{model}' model")
         for graph in graphs:

@@ -14,7 +14,7 @@ import ctypes
 import logging
 from collections.abc import Callable
 
-from service.engine import Engine
+from service.admission import Admission
 from service.metrics import Metrics
 
 log = logging.getLogger("service")
@@ -30,17 +30,17 @@ def malloc_trim() -> Callable[[], object] | None:
     return lambda: fn(0)
 
 
-async def trim_when_idle(engine: Engine, metrics: Metrics, interval_s: float,
+async def trim_when_idle(admission: Admission, metrics: Metrics, interval_s: float,
                          trim: Callable[[], object] | None = None) -> None:
     """Runs for the app's lifetime (the lifespan cancels it)."""
     trim = trim or malloc_trim()
     if trim is None or interval_s <= 0:
         log.info("idle memory trimming off (%s)", "FACEDET_MEMORY_TRIM_S=0" if trim else "no malloc_trim here")
         return
-    seen = engine.served
+    seen = admission.served
     while True:
         await asyncio.sleep(interval_s)
-        if engine.admitted == 0 and engine.served != seen:
-            seen = engine.served
+        if admission.admitted == 0 and admission.served != seen:
+            seen = admission.served
             await asyncio.to_thread(trim)  # walks the heap under malloc's locks: not on the event loop
             metrics.memory_trims.inc()

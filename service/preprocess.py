@@ -1,4 +1,4 @@
-"""Decode an upload and turn it into model input, exactly as training does.
+"""Decode uploaded bytes into pixels and turn them into model input, exactly as training does.
 
 The steps mirror training/data/image.py (the service may not import it; a test compares both on the
 same files): decode (JPEG at a reduced DCT scale) -> EXIF orientation -> RGB -> centre square crop ->
@@ -14,12 +14,13 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import ProblemError
+from service.problems import ProblemError
 
 Image.init()  # register every plugin now: open(formats=...) only looks up those already registered
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # Pillow's names; JPEG covers MPO phone photos
 ALLOWED_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
+Payload = tuple[str, bytes]  # (label used in error messages, encoded bytes)
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -107,3 +108,31 @@ def to_model_input(images: list[np.ndarray] | np.ndarray) -> np.ndarray:
     """uint8 [N, H, W, 3] RGB -> float32 [N, 3, H, W] in [0, 1]."""
     batch = np.stack(images) if isinstance(images, list) else images
     return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
+# --- a request's payloads -> one model-input batch ---
+
+
+def decode_batch(payloads: list[Payload], size: int, max_pixels: int) -> np.ndarray:
+    """Decode every payload (the first bad one raises its ProblemError) -> float32 [N, 3, size, size]."""
+    return to_model_input([decode(data, size=size, max_pixels=max_pixels, label=label) for label, data in payloads])
+
+
+def open_small(payloads: list[Payload], limit: int, max_pixels: int) -> list[tuple[str, Image.Image]] | None:
+    """The request's images opened (headers only) if they hold at most `limit` pixels together, else None.
+
+    Files larger than an uncompressed RGBA image of `limit` pixels are not even opened (they cannot be
+    that small without unusual metadata, and then they simply take the pool). A bad file raises its
+    ProblemError here, as it would in the pool.
+    """
+    if limit <= 0 or sum(len(data) for _, data in payloads) > 4 * limit:
+        return None
+    images = [(label, open_image(data, max_pixels=max_pixels, label=label)) for label, data in payloads]
+    if sum(im.width * im.height for _, im in images) > limit:
+        return None
+    return images
+
+
+def load_batch(images: list[tuple[str, Image.Image]], size: int) -> np.ndarray:
+    """Opened images -> float32 [N, 3, size, size]."""
+    return to_model_input([load(im, size=size, label=label) for label, im in images])

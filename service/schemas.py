@@ -6,11 +6,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# --- manifest.json (format_version 1), see the model contract in README.md ---
+from service.contract import IMAGE_INPUT, MANIFEST_VERSION
+
+# --- manifest.json, see the model contract in README.md and service/contract.py ---
 
 
 class ManifestInput(BaseModel):
-    name: str = "image"
+    name: Literal[IMAGE_INPUT] = IMAGE_INPUT
     layout: Literal["NCHW"] = "NCHW"
     channels: Literal[3] = 3
     size: int = Field(gt=0)
@@ -33,7 +35,7 @@ class ManifestFile(BaseModel):
 
 
 class Manifest(BaseModel):
-    format_version: Literal[1]
+    format_version: Literal[MANIFEST_VERSION]
     created: str | None = None
     input: ManifestInput
     latent_dim: int = Field(gt=0)

@@ -9,20 +9,20 @@ from types import FrameType
 
 import uvicorn
 
-from service.engine import Engine
+from service.admission import Admission
 
 log = logging.getLogger("service.server")
 
 
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, engine: Engine, delay_s: float) -> None:
+    def __init__(self, config: uvicorn.Config, admission: Admission, delay_s: float) -> None:
         super().__init__(config)
-        self.engine, self.delay_s = engine, delay_s
+        self.admission, self.delay_s = admission, delay_s
         self._stop_at: float | None = None
         self._signal: int | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        self.engine.draining = True
+        self.admission.draining = True
         if self._stop_at is not None or self.delay_s <= 0:  # no delay wanted, or a second signal: stop now
             super().handle_exit(sig, frame)
             return

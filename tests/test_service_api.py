@@ -34,7 +34,7 @@ def expected_pixels(chw: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", list(IMAGES))
 def test_detect_every_format_and_mode(client: TestClient, reference: Reference, name: str) -> None:
-    response = client.post("/detect", files={"image": (name, IMAGES[name])})
+    response = client.post("/v1/detect", files={"image": (name, IMAGES[name])})
     assert response.status_code == 200, response.text
     body = response.json()
     assert (body["model"], body["model_version"], body["threshold"]) == ("dbvae", "dbvae-test0001", 0.5)
@@ -49,7 +49,7 @@ def test_detect_every_format_and_mode(client: TestClient, reference: Reference, 
 
 def test_detect_with_the_standard_cnn(client: TestClient, reference: Reference) -> None:
     blob = variants(4)["rgb.jpg"]
-    body = client.post("/detect", params={"model": "cnn"}, files={"image": ("x.jpg", blob)}).json()
+    body = client.post("/v1/detect", params={"model": "cnn"}, files={"image": ("x.jpg", blob)}).json()
     assert (body["model"], body["model_version"]) == ("cnn", "cnn-test0001")
     expected = reference.probability("cnn", model_input(blob))[0]
     assert body["results"][0]["face_probability"] == pytest.approx(expected, abs=1e-6)
@@ -59,8 +59,8 @@ def test_detect_with_the_standard_cnn(client: TestClient, reference: Reference) 
 def test_batch_answers_equal_one_by_one_answers_in_order(client: TestClient, model: str) -> None:
     blobs = [(f"{seed}.{fmt}", variants(seed)[f"rgb.{fmt}"]) for seed, fmt in
              [(0, "png"), (1, "jpg"), (2, "webp"), (3, "bmp"), (4, "tiff"), (5, "png"), (6, "jpg")]]
-    batch = client.post("/detect", params={"model": model}, files=[("image", b) for b in blobs]).json()
-    singles = [client.post("/detect", params={"model": model}, files={"image": b}).json()["results"][0]
+    batch = client.post("/v1/detect", params={"model": model}, files=[("image", b) for b in blobs]).json()
+    singles = [client.post("/v1/detect", params={"model": model}, files={"image": b}).json()["results"][0]
                for b in blobs]
     assert [r["filename"] for r in batch["results"]] == [name for name, _ in blobs]
     for got, alone in zip(batch["results"], singles):
@@ -72,7 +72,7 @@ def test_batch_answers_equal_one_by_one_answers_in_order(client: TestClient, mod
 
 def test_reconstruct_returns_the_decoded_latent_mean(client: TestClient, reference: Reference) -> None:
     blob = IMAGES["rgb.jpg"]
-    response = client.post("/reconstruct", files={"image": ("face.jpg", blob)})
+    response = client.post("/v1/reconstruct", files={"image": ("face.jpg", blob)})
     assert response.status_code == 200
     assert response.headers["content-type"] == "image/png"
     assert response.headers["x-model-version"] == "dbvae-test0001"
@@ -83,12 +83,12 @@ def test_reconstruct_returns_the_decoded_latent_mean(client: TestClient, referen
 
 
 def _reconstruction(client: TestClient, blob: bytes) -> np.ndarray:
-    return pixels(client.post("/reconstruct", files={"image": ("x.png", blob)}).content)
+    return pixels(client.post("/v1/reconstruct", files={"image": ("x.png", blob)}).content)
 
 
 def test_morph_png_strip_runs_from_a_to_b(client: TestClient, reference: Reference) -> None:
     a, b = variants(1)["rgb.png"], variants(2)["rgb.jpg"]
-    response = client.post("/morph", params={"steps": 5}, files={"a": ("a.png", a), "b": ("b.jpg", b)})
+    response = client.post("/v1/morph", params={"steps": 5}, files={"a": ("a.png", a), "b": ("b.jpg", b)})
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     strip = pixels(response.content)
     assert strip.shape == (64, 5 * 64, 3)
@@ -103,13 +103,13 @@ def test_morph_png_strip_runs_from_a_to_b(client: TestClient, reference: Referen
 
 def test_morph_default_is_eight_frames(client: TestClient) -> None:
     blob = variants(3)["rgb.png"]
-    response = client.post("/morph", files={"a": ("a.png", blob), "b": ("b.png", IMAGES["rgb.png"])})
+    response = client.post("/v1/morph", files={"a": ("a.png", blob), "b": ("b.png", IMAGES["rgb.png"])})
     assert pixels(response.content).shape == (64, 8 * 64, 3)
 
 
 def test_morph_gif_has_one_frame_per_step(client: TestClient) -> None:
     a, b = variants(1)["rgb.png"], variants(6)["rgb.png"]
-    response = client.post("/morph", params={"steps": 6, "format": "gif"}, files={"a": ("a", a), "b": ("b", b)})
+    response = client.post("/v1/morph", params={"steps": 6, "format": "gif"}, files={"a": ("a", a), "b": ("b", b)})
     assert response.status_code == 200 and response.headers["content-type"] == "image/gif"
     with Image.open(io.BytesIO(response.content)) as gif:
         assert (gif.format, gif.size, gif.n_frames, gif.is_animated) == ("GIF", (64, 64), 6, True)
@@ -121,7 +121,7 @@ def test_morph_gif_has_one_frame_per_step(client: TestClient) -> None:
 
 def test_morph_json_frames_and_latent_distance(client: TestClient, reference: Reference) -> None:
     a, b = variants(1)["rgb.png"], variants(5)["rgb.png"]
-    response = client.post("/morph", params={"steps": 4, "format": "json"}, files={"a": ("a", a), "b": ("b", b)})
+    response = client.post("/v1/morph", params={"steps": 4, "format": "json"}, files={"a": ("a", a), "b": ("b", b)})
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     body = response.json()
     assert (body["steps"], body["size"], body["model_version"], len(body["frames"])) == (4, 64, "dbvae-test0001", 4)
@@ -171,8 +171,8 @@ def _sample(text: str, name: str, **labels: str) -> float:
 def test_metrics_count_requests_batches_errors_and_providers(client: TestClient) -> None:
     before = client.get("/metrics").text
     blobs = [("image", (f"{i}.png", variants(i)["rgb.png"])) for i in range(3)]
-    assert client.post("/detect", files=blobs).status_code == 200
-    assert client.post("/detect", files={"image": ("x.txt", b"not an image")}).status_code == 415
+    assert client.post("/v1/detect", files=blobs).status_code == 200
+    assert client.post("/v1/detect", files={"image": ("x.txt", b"not an image")}).status_code == 415
     after = client.get("/metrics")
     assert after.headers["content-type"].startswith("text/plain")
     text = after.text
@@ -180,12 +180,12 @@ def test_metrics_count_requests_batches_errors_and_providers(client: TestClient)
     def delta(name: str, **labels: str) -> float:
         return _sample(text, name, **labels) - _sample(before, name, **labels)
 
-    assert delta("facedet_requests_total", endpoint="/detect", method="POST", status="200") == 1
-    assert delta("facedet_requests_total", endpoint="/detect", method="POST", status="415") == 1
+    assert delta("facedet_requests_total", endpoint="/v1/detect", method="POST", status="200") == 1
+    assert delta("facedet_requests_total", endpoint="/v1/detect", method="POST", status="415") == 1
     assert delta("facedet_errors_total", type="unsupported-image") == 1
     assert delta("facedet_inference_batch_size_count", graph="dbvae.encoder") == 1
     assert delta("facedet_inference_batch_size_sum", graph="dbvae.encoder") == 3
-    assert delta("facedet_request_duration_seconds_count", endpoint="/detect") == 2
+    assert delta("facedet_request_duration_seconds_count", endpoint="/v1/detect") == 2
     assert _sample(text, "facedet_execution_provider", graph="dbvae.decoder", provider="CPUExecutionProvider") == 1
     assert "facedet_ready 1.0" in text
 
@@ -193,9 +193,25 @@ def test_metrics_count_requests_batches_errors_and_providers(client: TestClient)
 def test_openapi_docs_with_examples(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
-    assert {"/detect", "/reconstruct", "/morph", "/healthz", "/readyz", "/metrics", "/v1/models"} <= set(spec["paths"])
-    detect = spec["paths"]["/detect"]["post"]
+    assert {"/v1/detect", "/v1/reconstruct", "/v1/morph", "/healthz", "/readyz", "/metrics", "/v1/models"} <= set(spec["paths"])
+    detect = spec["paths"]["/v1/detect"]["post"]
     assert {"413", "415", "422", "503"} <= set(detect["responses"])
     assert spec["components"]["schemas"]["DetectResponse"]["examples"]
     model_param = next(p for p in detect["parameters"] if p["name"] == "model")
     assert model_param["examples"]
+
+
+def test_unversioned_upload_paths_still_answer_and_are_marked_deprecated(client: TestClient) -> None:
+    """The API moved under /v1; the paths clients already call keep working, with the same answers."""
+    blob = IMAGES["rgb.png"]
+    new = client.post("/v1/detect", files={"image": ("x.png", blob)}).json()
+    old = client.post("/detect", files={"image": ("x.png", blob)}).json()
+    assert old == new
+    assert client.post("/reconstruct", files={"image": ("x.png", blob)}).content == \
+        client.post("/v1/reconstruct", files={"image": ("x.png", blob)}).content
+    assert client.post("/morph", files={"a": ("a", blob), "b": ("b", blob)}).status_code == 200
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/detect", "/reconstruct", "/morph"):
+        assert paths[path]["post"]["deprecated"] is True
+        assert "deprecated" not in paths["/v1" + path]["post"]
+    assert "/models" not in paths and {"/healthz", "/readyz", "/metrics", "/v1/models"} <= set(paths)

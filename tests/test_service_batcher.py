@@ -1,4 +1,4 @@
-"""Micro-batching (FACEDET_MICRO_BATCH_MAX): concurrent /detect requests share one inference and get exactly
+"""Micro-batching (FACEDET_MICRO_BATCH_MAX): concurrent /v1/detect requests share one inference and get exactly
 the answers they get unbatched.
 
 Deterministic without timing: the batch size equals the number of requests sent at once and the wait is far
@@ -41,7 +41,7 @@ def post_all(client: TestClient, requests: list[tuple[list[tuple[str, bytes]], d
     """Send every request at once (one thread each) -> [(status, JSON body)] in the order given."""
     def send(request):
         files, params = request
-        response = client.post("/detect", files=[("image", f) for f in files], params=params)
+        response = client.post("/v1/detect", files=[("image", f) for f in files], params=params)
         return response.status_code, response.json()
 
     with ThreadPoolExecutor(max_workers=len(requests)) as pool:
@@ -57,11 +57,11 @@ def test_concurrent_requests_share_one_inference_with_unbatched_answers(make_set
     with serving(make_settings, micro_batch_max=0) as plain:
         expected = post_all(plain, requests)
         assert inferences(plain) == (6, 6)  # off: one inference per request
-        assert plain.app.state.engine.batchers == {}
+        assert plain.app.state.pipeline.batchers == {}
     with serving(make_settings, micro_batch_max=6, micro_batch_wait_ms=NEVER_MS, **ONE_THREAD) as batched:
         answers = post_all(batched, requests)
         assert inferences(batched) == (1, 6)
-        assert batched.app.state.engine.admitted == 0
+        assert batched.app.state.admission.admitted == 0
     assert all(status == 200 for status, _ in expected)
     assert answers == expected  # same probabilities to the last bit, same decisions, same order
 
@@ -117,7 +117,7 @@ def test_a_full_batch_is_shared_out_among_free_pool_threads(make_settings) -> No
 
 def test_a_lone_request_leaves_after_the_wait(make_settings) -> None:
     with serving(make_settings, micro_batch_max=8, micro_batch_wait_ms=1.0) as batched:
-        response = batched.post("/detect", files={"image": ("x.png", variants(0)["rgb.png"])})
+        response = batched.post("/v1/detect", files={"image": ("x.png", variants(0)["rgb.png"])})
         assert response.status_code == 200
         assert 0.0 <= response.json()["results"][0]["face_probability"] <= 1.0
         assert inferences(batched) == (1, 1)

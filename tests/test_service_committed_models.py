@@ -60,10 +60,10 @@ def test_manifest_verifies_and_the_service_reports_it(committed: TestClient) -> 
 @pytest.mark.parametrize("model", ["dbvae", "cnn"])
 def test_detect_batch_equals_singles(committed: TestClient, model: str) -> None:
     photos = _photos()
-    batch = committed.post("/detect", params={"model": model}, files=[("image", p) for p in photos]).json()
+    batch = committed.post("/v1/detect", params={"model": model}, files=[("image", p) for p in photos]).json()
     assert batch["model"] == model and len(batch["results"]) == len(photos)
     for photo, result in zip(photos, batch["results"]):
-        alone = committed.post("/detect", params={"model": model}, files={"image": photo}).json()["results"][0]
+        alone = committed.post("/v1/detect", params={"model": model}, files={"image": photo}).json()["results"][0]
         assert 0.0 <= result["face_probability"] <= 1.0
         assert result["face_probability"] == pytest.approx(alone["face_probability"], abs=1e-5)
         assert result["is_face"] == (result["face_probability"] >= batch["threshold"])
@@ -72,12 +72,12 @@ def test_detect_batch_equals_singles(committed: TestClient, model: str) -> None:
 def test_reconstruct_and_morph(committed: TestClient) -> None:
     size = committed.get("/v1/models").json()["input"]["size"]
     (_, a), (_, b) = _photos()[:2]
-    rec = committed.post("/reconstruct", files={"image": ("a", a)})
+    rec = committed.post("/v1/reconstruct", files={"image": ("a", a)})
     assert rec.status_code == 200
     with Image.open(io.BytesIO(rec.content)) as im:
         assert im.size == (size, size)
         rec_a = np.asarray(im.convert("RGB")).astype(int)
-    morph = committed.post("/morph", params={"steps": 5, "format": "json"}, files={"a": ("a", a), "b": ("b", b)})
+    morph = committed.post("/v1/morph", params={"steps": 5, "format": "json"}, files={"a": ("a", a), "b": ("b", b)})
     frames = morph.json()["frames"]
     assert len(frames) == 5 and morph.json()["latent_distance"] > 0
     with Image.open(io.BytesIO(base64.b64decode(frames[0]))) as first:

@@ -16,12 +16,12 @@ def _requests() -> list[tuple[str, dict]]:
     for i in range(32):
         blob = variants(i % 8)[FORMATS[i % len(FORMATS)]]
         if i % 4 == 3:
-            calls.append(("/reconstruct", {"files": {"image": (f"{i}", blob)}}))
+            calls.append(("/v1/reconstruct", {"files": {"image": (f"{i}", blob)}}))
         elif i % 4 == 2:
             batch = [("image", (f"{i}-{j}", variants((i + j) % 8)["rgb.png"])) for j in range(1 + i % 5)]
-            calls.append(("/detect", {"files": batch, "params": {"model": "cnn"}}))
+            calls.append(("/v1/detect", {"files": batch, "params": {"model": "cnn"}}))
         else:
-            calls.append(("/detect", {"files": {"image": (f"{i}", blob)}}))
+            calls.append(("/v1/detect", {"files": {"image": (f"{i}", blob)}}))
     return calls
 
 
@@ -40,4 +40,4 @@ def test_32_parallel_requests_match_sequential_ones(client: TestClient) -> None:
     # Same bytes: JSON probabilities and reconstructed PNGs alike (batches are padded to fixed sizes,
     # so a request's numbers do not depend on what else is in flight).
     assert parallel == sequential
-    assert client.app.state.engine.admitted == 0
+    assert client.app.state.admission.admitted == 0

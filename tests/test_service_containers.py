@@ -141,7 +141,7 @@ def test_image_dependency_set_serves_the_default_models_from_a_fresh_venv(models
     try:
         server.wait_ready(timeout=120)
         photo = encode(picture(320, 240), "JPEG")
-        response = httpx.post(f"{server.url}/detect", files={"image": ("p.jpg", photo)}, timeout=30)
+        response = httpx.post(f"{server.url}/v1/detect", files={"image": ("p.jpg", photo)}, timeout=30)
         assert response.status_code == 200 and 0 <= response.json()["results"][0]["face_probability"] <= 1
         healthcheck = exec_form(DOCKERFILE[_index("HEALTHCHECK")][1].split("CMD", 1)[1].strip())
         assert healthcheck[0] == "python"

@@ -32,7 +32,7 @@ def assert_problem(response, status: int, type_slug: str | None = None) -> dict:
 
 
 def assert_still_serving(client: TestClient) -> None:
-    ok = client.post("/detect", files={"image": ("ok.jpg", GOOD)})
+    ok = client.post("/v1/detect", files={"image": ("ok.jpg", GOOD)})
     assert ok.status_code == 200 and 0.0 <= ok.json()["results"][0]["face_probability"] <= 1.0
 
 
@@ -40,15 +40,15 @@ BAD = bad_inputs()
 
 
 @pytest.mark.parametrize("name", list(BAD))
-@pytest.mark.parametrize("endpoint", ["/detect", "/reconstruct", "/morph"])
+@pytest.mark.parametrize("endpoint", ["/v1/detect", "/v1/reconstruct", "/v1/morph"])
 def test_bad_image_bytes(client: TestClient, endpoint: str, name: str) -> None:
     data, status = BAD[name]
-    if endpoint == "/morph":  # the good image first: the message must name the bad one, b
+    if endpoint == "/v1/morph":  # the good image first: the message must name the bad one, b
         response = client.post(endpoint, files={"a": ("good.jpg", GOOD), "b": (name, data)})
         prefix = f"b '{name}'"
     else:
         response = client.post(endpoint, files={"image": (name, data)})
-        prefix = f"image[0] '{name}'" if endpoint == "/detect" else f"image '{name}'"
+        prefix = f"image[0] '{name}'" if endpoint == "/v1/detect" else f"image '{name}'"
     body = assert_problem(response, status)
     assert body["detail"].startswith(prefix), body["detail"]
     assert_still_serving(client)
@@ -56,7 +56,7 @@ def test_bad_image_bytes(client: TestClient, endpoint: str, name: str) -> None:
 
 def test_messages_say_which_problem(client: TestClient) -> None:
     def detail(name: str) -> str:
-        return client.post("/detect", files={"image": (name, BAD[name][0])}).json()["detail"]
+        return client.post("/v1/detect", files={"image": (name, BAD[name][0])}).json()["detail"]
 
     assert "empty" in detail("empty.png")
     assert "not a JPEG, PNG, WebP, GIF, BMP or TIFF image" in detail("notes.txt")
@@ -67,7 +67,7 @@ def test_messages_say_which_problem(client: TestClient) -> None:
 
 def test_the_bad_image_in_a_batch_is_named(client: TestClient) -> None:
     files = [("image", ("a.jpg", GOOD)), ("image", ("b.jpg", GOOD)), ("image", ("broken.txt", b"hello"))]
-    body = assert_problem(client.post("/detect", files=files), 415, "unsupported-image")
+    body = assert_problem(client.post("/v1/detect", files=files), 415, "unsupported-image")
     assert body["detail"].startswith("image[2] 'broken.txt'")
 
 
@@ -78,14 +78,14 @@ def test_the_bad_image_in_a_batch_is_named(client: TestClient) -> None:
     ({"files": {"image": ("x.jpg", GOOD)}, "params": {"model": "resnet"}}, "model"),
 ])
 def test_missing_file_or_bad_parameter_on_detect(client: TestClient, request_kwargs: dict, fragment: str) -> None:
-    body = assert_problem(client.post("/detect", **request_kwargs), 422, "validation-error")
+    body = assert_problem(client.post("/v1/detect", **request_kwargs), 422, "validation-error")
     assert fragment in body["detail"]
     assert_still_serving(client)
 
 
 def test_too_many_images(client: TestClient) -> None:  # the module client allows 8
     files = [("image", (f"{i}.jpg", GOOD)) for i in range(9)]
-    body = assert_problem(client.post("/detect", files=files), 422, "too-many-images")
+    body = assert_problem(client.post("/v1/detect", files=files), 422, "too-many-images")
     assert "9 images" in body["detail"] and "at most 8" in body["detail"]
     assert_still_serving(client)
 
@@ -93,18 +93,18 @@ def test_too_many_images(client: TestClient) -> None:  # the module client allow
 @pytest.mark.parametrize("params", [{"steps": 1}, {"steps": 13}, {"steps": "many"}, {"format": "bmp"}])
 def test_morph_parameters_out_of_range(client: TestClient, params: dict) -> None:
     files = {"a": ("a.jpg", GOOD), "b": ("b.jpg", GOOD)}
-    body = assert_problem(client.post("/morph", params=params, files=files), 422, "validation-error")
+    body = assert_problem(client.post("/v1/morph", params=params, files=files), 422, "validation-error")
     assert next(iter(params)) in body["detail"]
 
 
 def test_morph_needs_both_images(client: TestClient) -> None:
-    body = assert_problem(client.post("/morph", files={"a": ("a.jpg", GOOD)}), 422, "validation-error")
+    body = assert_problem(client.post("/v1/morph", files={"a": ("a.jpg", GOOD)}), 422, "validation-error")
     assert "b: Field required" in body["detail"]
 
 
 def test_unknown_path_and_wrong_method(client: TestClient) -> None:
     assert_problem(client.get("/nope"), 404, "not-found")
-    assert_problem(client.get("/detect"), 405, "method-not-allowed")
+    assert_problem(client.get("/v1/detect"), 405, "method-not-allowed")
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_upload_over_the_byte_cap(app_with) -> None:
     noisy = encode(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8), "PNG")
     assert len(noisy) > 100_000
     with TestClient(app_with(max_upload_bytes=100_000)) as client:
-        body = assert_problem(client.post("/detect", files={"image": ("big.png", noisy)}), 413, "payload-too-large")
+        body = assert_problem(client.post("/v1/detect", files={"image": ("big.png", noisy)}), 413, "payload-too-large")
         assert "100000-byte limit" in body["detail"]
         assert_still_serving(client)
 
@@ -127,7 +127,7 @@ def test_upload_over_the_byte_cap(app_with) -> None:
 def test_image_over_the_pixel_cap(app_with) -> None:
     with TestClient(app_with(max_image_pixels=100_000)) as client:
         big = encode(picture(400, 300), "PNG")
-        body = assert_problem(client.post("/detect", files={"image": ("wide.png", big)}), 413, "image-too-large")
+        body = assert_problem(client.post("/v1/detect", files={"image": ("wide.png", big)}), 413, "image-too-large")
         assert "120000 pixels" in body["detail"]
         assert_still_serving(client)
 
@@ -160,23 +160,23 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 def test_overload_answers_503_with_retry_after_and_health_stays_responsive(app_with) -> None:
     """One inference thread and a queue of one: a third concurrent request is refused, not queued."""
     with TestClient(app_with(worker_threads=1, max_queue=1, retry_after_s=3)) as client:
-        engine = client.app.state.engine
+        admission = client.app.state.admission
         release = threading.Event()
 
         async def occupy_the_only_thread() -> None:
-            async with engine.admit():
-                await engine.call(release.wait)
+            async with admission.admit():
+                await admission.run(release.wait)
 
         hog = client.portal.start_task_soon(occupy_the_only_thread)
         try:
-            _wait_until(lambda: engine.admitted == 1)
+            _wait_until(lambda: admission.admitted == 1)
             queued: dict = {}
             waiter = threading.Thread(target=lambda: queued.update(
-                r=client.post("/detect", files={"image": ("q.jpg", GOOD)})))
+                r=client.post("/v1/detect", files={"image": ("q.jpg", GOOD)})))
             waiter.start()
-            _wait_until(lambda: engine.admitted == 2)
+            _wait_until(lambda: admission.admitted == 2)
 
-            refused = client.post("/detect", files={"image": ("x.jpg", GOOD)})
+            refused = client.post("/v1/detect", files={"image": ("x.jpg", GOOD)})
             body = assert_problem(refused, 503, "overloaded")
             assert refused.headers["retry-after"] == "3"
             assert "retry" in body["detail"]
@@ -190,6 +190,6 @@ def test_overload_answers_503_with_retry_after_and_health_stays_responsive(app_w
             waiter.join(timeout=10)
             assert queued["r"].status_code == 200
             assert_still_serving(client)
-            assert engine.admitted == 0
+            assert admission.admitted == 0
         finally:
             release.set()  # never leave the pool blocked, or shutting the app down would hang

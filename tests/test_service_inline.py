@@ -1,6 +1,6 @@
-"""Small /detect requests run on the event loop (FACEDET_INLINE_MAX_PIXELS), larger ones in the pool: the same
+"""Small /v1/detect requests run on the event loop (FACEDET_INLINE_MAX_PIXELS), larger ones in the pool: the same
 answers and the same refusals either way. Which path a request took is read from a counting wrapper around
-the engine's pool hand-off (`Engine.call`), which still runs the real work."""
+the pool hand-off (`Admission.run`), which still runs the real work."""
 
 from __future__ import annotations
 
@@ -22,14 +22,14 @@ def serving(make_settings: Callable, **overrides) -> Iterator[tuple[TestClient, 
     from service.main import create_app
 
     with TestClient(create_app(make_settings(**overrides))) as client:
-        engine, handoffs = client.app.state.engine, []
-        real_call = engine.call
+        admission, handoffs = client.app.state.admission, []
+        real_call = admission.run
 
         async def counting_call(fn, *args):
             handoffs.append(1)
             return await real_call(fn, *args)
 
-        engine.call = counting_call
+        admission.run = counting_call
         yield client, handoffs
 
 
@@ -49,7 +49,7 @@ INLINE = {"64x64 png", "48x48 jpeg", "two 40x40 (3,200 px)"}  # at most 4,096 pi
 
 
 def probabilities(client: TestClient, files: list[tuple[str, bytes]]) -> list[float]:
-    response = client.post("/detect", files=[("image", f) for f in files])
+    response = client.post("/v1/detect", files=[("image", f) for f in files])
     assert response.status_code == 200, response.text
     return [r["face_probability"] for r in response.json()["results"]]
 
@@ -82,7 +82,7 @@ def test_bad_small_uploads_are_refused_on_the_loop_as_in_the_pool(make_settings:
     for limit in (4096, 0):
         with serving(make_settings, inline_max_pixels=limit) as (client, _):
             for name, (blob, status) in cases.items():
-                response = client.post("/detect", files={"image": (name, blob)})
+                response = client.post("/v1/detect", files={"image": (name, blob)})
                 assert response.status_code == status, (limit, name, response.text)
                 seen[limit, name] = response.json()["detail"]
             # ... and the service keeps working.
@@ -92,8 +92,8 @@ def test_bad_small_uploads_are_refused_on_the_loop_as_in_the_pool(make_settings:
 
 
 def test_open_small_decides_from_headers_and_never_opens_large_files() -> None:
-    from service.errors import ProblemError
-    from service.uploads import open_small
+    from service.problems import ProblemError
+    from service.preprocess import open_small
 
     face = encode(picture(64, 64), "PNG")
     assert [im.size for _, im in open_small([("a", face)], 4096, 10**6)] == [(64, 64)]

@@ -30,22 +30,22 @@ def test_this_machines_c_library_has_malloc_trim() -> None:
 
 
 def test_trims_only_when_idle_and_only_after_new_traffic() -> None:
-    engine = SimpleNamespace(admitted=3, served=0)
+    admission = SimpleNamespace(admitted=3, served=0)
     metrics, calls = Metrics(), []
 
     async def scenario() -> list[int]:
-        task = asyncio.create_task(trim_when_idle(engine, metrics, 0.01, trim=lambda: calls.append(1)))
+        task = asyncio.create_task(trim_when_idle(admission, metrics, 0.01, trim=lambda: calls.append(1)))
         await asyncio.sleep(0)  # the task starts and notes the requests served so far (none)
         seen = []
-        engine.served = 5  # traffic, but requests still in flight: no trim
+        admission.served = 5  # traffic, but requests still in flight: no trim
         await asyncio.sleep(0.08)
         seen.append(len(calls))
-        engine.admitted = 0  # now idle after traffic: exactly one trim
+        admission.admitted = 0  # now idle after traffic: exactly one trim
         await asyncio.sleep(0.08)
         seen.append(len(calls))
         await asyncio.sleep(0.08)  # still idle, no new traffic: no more trims
         seen.append(len(calls))
-        engine.served = 6  # one more request served: one more trim
+        admission.served = 6  # one more request served: one more trim
         await asyncio.sleep(0.08)
         seen.append(len(calls))
         task.cancel()
@@ -61,7 +61,7 @@ def test_the_app_trims_after_traffic_unless_turned_off(make_settings, interval: 
         time.sleep(0.2)
         assert trims(client) == 0.0  # warm-up is not traffic
         for _ in range(3):
-            assert client.post("/detect", files={"image": ("x.png", variants(0)["rgb.png"])}).status_code == 200
+            assert client.post("/v1/detect", files={"image": ("x.png", variants(0)["rgb.png"])}).status_code == 200
         time.sleep(0.3)  # 15 intervals: the trim after the last request has happened
         after_traffic = trims(client)
         time.sleep(0.3)

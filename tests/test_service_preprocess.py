@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from service import preprocess
-from service.errors import ProblemError
+from service.problems import ProblemError
 from tests.utils.images import bad_inputs, encode, picture, png_declaring, variants, with_orientation
 from training.data import image as training_image
 

@@ -40,7 +40,7 @@ def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def test_detect_over_http(server: ServerProcess, reference: Reference) -> None:
     photo = encode(picture(640, 480, seed=11), "JPEG", quality=90)
     other = encode(picture(300, 500, seed=12), "PNG")
-    response = httpx.post(f"{server.url}/detect", files=[("image", ("photo.jpg", photo, "image/jpeg")),
+    response = httpx.post(f"{server.url}/v1/detect", files=[("image", ("photo.jpg", photo, "image/jpeg")),
                                                           ("image", ("other.png", other, "image/png"))], timeout=10)
     assert response.status_code == 200, response.text
     expected = reference.probability("dbvae", to_model_input(np.stack([load_image(photo), load_image(other)])))
@@ -49,7 +49,7 @@ def test_detect_over_http(server: ServerProcess, reference: Reference) -> None:
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "alive"}
     assert httpx.get(f"{server.url}/metrics").text.count("facedet_requests_total{") >= 1
     # No access log by default (FACEDET_ACCESS_LOG): the request is counted in /metrics, not logged.
-    assert "POST /detect" not in server.log.read_text()
+    assert "POST /v1/detect" not in server.log.read_text()
 
 
 def _read_response(sock: socket.socket) -> bytes:
@@ -74,7 +74,7 @@ MULTIPART_HEAD = (b'--b\r\nContent-Disposition: form-data; name="image"; filenam
 
 def test_declared_oversize_body_is_refused_without_reading_it(server: ServerProcess) -> None:
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /detect HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        sock.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                      b"Content-Length: 1000000000\r\n\r\n" + MULTIPART_HEAD)
         response = _read_response(sock)
     assert response.startswith(b"HTTP/1.1 413 "), response[:200]
@@ -87,7 +87,7 @@ def test_streamed_oversize_body_is_cut_off_while_streaming(server: ServerProcess
     sent = 0
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
         sock.settimeout(10)
-        sock.sendall(b"POST /detect HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+        sock.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                      b"Transfer-Encoding: chunked\r\n\r\n"
                      + f"{len(MULTIPART_HEAD):x}\r\n".encode() + MULTIPART_HEAD + b"\r\n")
         while sent < total:
@@ -120,7 +120,7 @@ def test_sigterm_turns_readiness_503_then_exits(models_dir: Path, tmp_path: Path
         assert ready.status_code == 503 and "shutting down" in ready.json()["detail"]
         # Work still accepted during the drain window (a load balancer has not noticed yet).
         photo = encode(picture(seed=3), "PNG")
-        assert httpx.post(f"{proc.url}/detect", files={"image": ("p.png", photo)}, timeout=10).status_code == 200
+        assert httpx.post(f"{proc.url}/v1/detect", files={"image": ("p.png", photo)}, timeout=10).status_code == 200
         assert time.monotonic() - sent_at < 3
         code = proc.proc.wait(timeout=30)
         print(f"exited {code} {time.monotonic() - sent_at:.1f}s after SIGTERM")
@@ -130,6 +130,6 @@ def test_sigterm_turns_readiness_503_then_exits(models_dir: Path, tmp_path: Path
     assert code in (0, -signal.SIGTERM)
     text = log.read_text()
     assert "SIGTERM: readiness is now 503" in text and "Finished server process" in text
-    assert '"POST /detect HTTP/1.1" 200' in text  # FACEDET_ACCESS_LOG=true: one line per request
+    assert '"POST /v1/detect HTTP/1.1" 200' in text  # FACEDET_ACCESS_LOG=true: one line per request
     assert "Traceback" not in text
 

@@ -122,7 +122,7 @@ def test_unavailable_provider_falls_back_and_reports_what_is_really_used(make_se
         used = {g["providers"][0] for m in models["models"] for g in m["graphs"].values()}
         assert used == {"CPUExecutionProvider"}
         assert client.get("/readyz").status_code == 200
-        body = client.post("/detect", files={"image": ("x.png", variants(0)["rgb.png"])}).json()
+        body = client.post("/v1/detect", files={"image": ("x.png", variants(0)["rgb.png"])}).json()
         assert body["provider"] == "CPUExecutionProvider"
 
 
@@ -140,7 +140,7 @@ def test_require_gpu_fails_readiness_instead_of_falling_back(make_settings) -> N
 def test_threshold_override_changes_the_decision(make_settings) -> None:
     blob = variants(1)["rgb.png"]  # dbvae probability about 0.98 with the fixture models
     with TestClient(create_app(make_settings(threshold=0.99))) as client:
-        body = client.post("/detect", files={"image": ("x.png", blob)}).json()
+        body = client.post("/v1/detect", files={"image": ("x.png", blob)}).json()
         assert body["threshold"] == 0.99
         assert 0.9 < body["results"][0]["face_probability"] < 0.99 and body["results"][0]["is_face"] is False
         assert client.get("/v1/models").json()["models"][0]["threshold"] == 0.99
@@ -148,7 +148,7 @@ def test_threshold_override_changes_the_decision(make_settings) -> None:
 
 def test_default_model_setting(make_settings) -> None:
     with TestClient(create_app(make_settings(default_model="cnn"))) as client:
-        assert client.post("/detect", files={"image": ("x.png", variants(0)["rgb.png"])}).json()["model"] == "cnn"
+        assert client.post("/v1/detect", files={"image": ("x.png", variants(0)["rgb.png"])}).json()["model"] == "cnn"
 
 
 
@@ -157,5 +157,5 @@ def test_warm_up_is_not_counted_as_traffic(make_settings) -> None:
         models = client.get("/v1/models").json()["models"]
         assert all(g["warmed_batch_sizes"] for m in models for g in m["graphs"].values())
         assert 'facedet_inference_batch_size_count{graph="dbvae.encoder"}' not in client.get("/metrics").text
-        client.post("/detect", files={"image": ("x.png", variants(0)["rgb.png"])})
+        client.post("/v1/detect", files={"image": ("x.png", variants(0)["rgb.png"])})
         assert 'facedet_inference_batch_size_count{graph="dbvae.encoder"} 1.0' in client.get("/metrics").text

@@ -85,7 +85,7 @@ def test_trap_a_non_face_has_classification_loss_and_no_vae_loss():
     x_hat = torch.rand(3, 3, 8, 8)
     logit, mu, logvar = torch.tensor([0.3, -0.2, 1.0]), torch.randn(3, 4), torch.randn(3, 4)
     y = torch.tensor([[1.0], [0.0], [1.0]])
-    per = dbvae_loss(x, y, logit, mu, logvar, x_hat)["per_sample"]
+    per = dbvae_loss(x, y, logit, mu, logvar, x_hat, kl_weight=5e-4)["per_sample"]
     assert per.shape == (3,)
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logit, y.reshape(-1), reduction="none")
     vae = 5e-4 * kl_loss(mu, logvar) + reconstruction_loss(x, x_hat)
@@ -98,7 +98,7 @@ def test_trap_a_non_face_has_classification_loss_and_no_vae_loss():
 def test_trap_a_decoder_gets_no_gradient_from_non_faces(dbvae):
     dbvae.train()
     x = torch.rand(4, 3, 64, 64)
-    losses = dbvae_loss(x, torch.zeros(4, 1), *dbvae(x))  # a batch of non-faces only
+    losses = dbvae_loss(x, torch.zeros(4, 1), *dbvae(x), kl_weight=5e-4)  # a batch of non-faces only
     dbvae.zero_grad()
     losses["loss"].backward()
     grads = [p.grad for p in dbvae.decoder_conv.parameters()]
@@ -180,7 +180,7 @@ def assert_same_function(kind: str, model: torch.nn.Module, rewritten: torch.nn.
 @pytest.mark.parametrize("front_end", ["grey", "grey-lowpass", "lowpass", "none"])
 @pytest.mark.parametrize("kind", ["cnn", "dbvae"])
 def test_folded_front_end_computes_the_same_function(kind, front_end):
-    from training.model import fold_front_end
+    from training.export import fold_front_end
 
     model = trained_looking(kind, ModelConfig(front_end=front_end))
     folded = fold_front_end(model)
@@ -194,7 +194,7 @@ def test_folded_front_end_computes_the_same_function(kind, front_end):
 
 @pytest.mark.parametrize("kind", ["cnn", "dbvae"])
 def test_narrow_blocks_padded_with_zero_filters_compute_the_same_function(kind):
-    from training.model import fold_front_end, pad_narrow_blocks
+    from training.export import fold_front_end, pad_narrow_blocks
 
     model = trained_looking(kind, ModelConfig(front_end="grey-lowpass", filters=(12, 24, 4, 72)))
     padded = pad_narrow_blocks(fold_front_end(model))

@@ -175,7 +175,9 @@ def test_evaluate_per_group_with_chart(trained, cache, tmp_path):
 def test_readme_metrics_table_comes_from_the_manifest(trained, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# x\n<!-- metrics:start -->\nold\n<!-- metrics:end -->\ntail\n")
-    assert evaluate_main(["--models-dir", str(trained / "models"), "--update-readme", str(readme)]) == 0
+    from bench.readme import main as readme_main  # the one README writer
+
+    assert readme_main(["--readme", str(readme), "--models-dir", str(trained / "models"), "--metrics-only"]) == 0
     text = readme.read_text()
     manifest = json.loads((trained / "models" / "manifest.json").read_text())
     auc = manifest["models"]["dbvae"]["metrics"]["val"]["roc_auc"]

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.training import lab_probabilities
-from training.resampling import distribution_stats, histogram_bins, sampling_probabilities
+from training.resampling import distribution_stats, histogram_bins, reference_probabilities, sampling_probabilities
 
 
 def test_rare_mode_gets_higher_probability():
@@ -24,7 +23,7 @@ def test_vectorised_equals_per_dimension_numpy():
     rng = np.random.default_rng(1)
     mu = np.concatenate([rng.normal(size=(500, 16)), rng.standard_t(2, size=(37, 16)) * 3])
     got = sampling_probabilities(torch.from_numpy(mu), bins=10, smoothing=1e-3).numpy()
-    np.testing.assert_allclose(got, lab_probabilities(mu), rtol=1e-9, atol=1e-15)
+    np.testing.assert_allclose(got, reference_probabilities(mu, bins=10, smoothing=1e-3), rtol=1e-9, atol=1e-15)
 
 
 def test_outer_edges_are_open_with_shared_edges():
@@ -35,7 +34,7 @@ def test_outer_edges_are_open_with_shared_edges():
 
 def test_uniform_latents_give_near_uniform_sampling_and_stats_show_it():
     mu = torch.linspace(0, 1, 1000).unsqueeze(1).repeat(1, 3)  # evenly spread: every bin equally full
-    p = sampling_probabilities(mu)
+    p = sampling_probabilities(mu, bins=10, smoothing=1e-3)
     stats = distribution_stats(p)
     assert stats["max_min_ratio"] == pytest.approx(1.0, abs=1e-6)
     assert stats["ess_fraction"] == pytest.approx(1.0, abs=1e-6)

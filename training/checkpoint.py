@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from training.config import TrainConfig
+from training.files import atomic_path
 from training.model import ModelConfig, build_model
 
 
 def save_checkpoint(path: Path, kind: str, model, optimizer, cfg: TrainConfig, epoch: int,
                     history: list[dict], metrics: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "kind": kind,
         "model_state": model.state_dict(),
@@ -24,9 +23,8 @@ def save_checkpoint(path: Path, kind: str, model, optimizer, cfg: TrainConfig, e
         "history": history,
         "metrics": metrics,
     }
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a crash mid-write never leaves a truncated checkpoint behind
+    with atomic_path(path) as tmp:  # a crash mid-write never leaves a truncated checkpoint behind
+        torch.save(state, tmp)
 
 
 def load_checkpoint(path: Path, map_location="cpu"):

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+import argparse
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from training.data.builtin import EXTRA_NON_FACES
-
-
-def default_cache_dir() -> str:
-    return os.environ.get("FACEDET_CACHE", str(Path.home() / ".cache" / "facedet"))
+from training.environment import environment
+from training.model import ModelConfig
 
 
 def opt(default, help: str):
     """A config field whose help text is shown by --help."""
     return field(default=default, metadata={"help": help})
+
+
+def config_parser(cls: type, prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """One flag per field of the config dataclass `cls` (--no-X for booleans), its default and help shown."""
+    ap = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        if isinstance(default, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
+        else:
+            ap.add_argument(flag, type=type(default), default=default, help=help_)
+    return ap
 
 
 @dataclass
@@ -25,14 +36,14 @@ class TrainConfig:
     h5: str = opt("", "--source h5: path to the MIT 6.S191 train_face.h5 (or any file in that layout)")
     faces: str = opt("", "--source folders: directory of face images (sub-folders become groups)")
     non_faces: str = opt("", "--source folders: directory of non-face images")
-    cache_dir: str = opt(default_cache_dir(), "built-in set and converted folders are cached here")
+    cache_dir: str = opt(str(environment().cache), "built-in set and converted folders are cached here (FACEDET_CACHE)")
     builtin_non_faces: int = opt(EXTRA_NON_FACES, "extra natural-image crops added to the built-in set's 100 patches")
     val_fraction: float = opt(0.2, "held-out, stratified by label, seeded")
     seed: int = opt(0, "seeds the split, sampling, augmentation and weights")
 
     # --- models -----------------------------------------------------------------------------
     models: str = opt("cnn,dbvae", "which to train, comma separated")
-    latent_dim: int = opt(100, "DB-VAE latent dimensions D")
+    latent_dim: int = opt(ModelConfig.latent_dim, "DB-VAE latent dimensions D")
     front_end: str = opt("auto", "fixed first stage inside the graph: none | grey | lowpass | grey-lowpass; "
                               "auto: grey-lowpass for the grey, 25-pixel built-in set, none otherwise")
     dropout: float = opt(0.3, "dropout before the dense head: 80 built-in faces are easy to memorise")
@@ -109,10 +120,9 @@ class TrainConfig:
     def model_list(self) -> list[str]:
         return [m.strip() for m in self.models.split(",") if m.strip()]
 
+    def model_config(self) -> ModelConfig:
+        """The network `python -m training` trains, as this config describes it."""
+        return ModelConfig(latent_dim=self.latent_dim, dropout=self.dropout, front_end=self.model_front_end)
+
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})

@@ -11,7 +11,6 @@ into place. Needs internet access; says so in one line when there is none.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import sys
@@ -21,7 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-DEFAULT_URL = "https://www.dropbox.com/s/hlz8atheyozp1yx/train_face.h5?dl=1"
+from training.environment import environment
+from training.files import sha256_file
+
 CHUNK = 1 << 20
 
 
@@ -72,14 +73,10 @@ def _finish(part: Path, out: Path, total: int | None, sha256: str) -> Path:
     if total is not None and size != total:
         raise FetchError(f"download incomplete: {size} of {total} bytes; run the same command again to resume")
     if sha256:
-        h = hashlib.sha256()
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(CHUNK), b""):
-                h.update(block)
-        if h.hexdigest() != sha256.lower():
+        got = sha256_file(part, CHUNK)
+        if got != sha256.lower():
             part.unlink()
-            raise FetchError(f"checksum mismatch: got {h.hexdigest()}, expected {sha256.lower()}; "
-                             f"the partial file was removed")
+            raise FetchError(f"checksum mismatch: got {got}, expected {sha256.lower()}; the partial file was removed")
     from training.data.h5 import DataError, H5Source
 
     try:
@@ -93,7 +90,8 @@ def _finish(part: Path, out: Path, total: int | None, sha256: str) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.fetch", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--url", default=os.environ.get("FACEDET_DATA_URL", DEFAULT_URL), help="where to fetch from")
+    ap.add_argument("--url", default=environment().data_url, help="where to fetch from (default: FACEDET_DATA_URL, "
+                    "else the lab's own address)")
     ap.add_argument("--out", default="data/train_face.h5", help="destination file")
     ap.add_argument("--sha256", default="", help="expected SHA-256 of the file (checked when given)")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server")

@@ -6,7 +6,12 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 
-def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def sigmoid(logit: np.ndarray) -> np.ndarray:
+    """Face probability from a logit, float64, without overflow for large |logit|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logit, dtype=np.float64)))
+
+
+def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[str, float]:
     y = np.asarray(y).astype(int).reshape(-1)
     pred = (np.asarray(prob).reshape(-1) >= threshold).astype(int)
     tp, tn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 0)).sum())
@@ -26,7 +31,7 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float = 0.5) -> d
 
 
 def group_metrics(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, names: list[str],
-                  threshold: float = 0.5) -> dict:
+                  threshold: float) -> dict:
     """Accuracy per face group (faces only: the share detected) and the best-worst gap."""
     per = {}
     for i, name in enumerate(names):

@@ -6,12 +6,13 @@ All images are float32 RGB NCHW [N, 3, 64, 64] in [0, 1].
 
 from __future__ import annotations
 
-import copy
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from training.contract import IMAGE_SIZE
 
 # ---------------------------------------------------------------------------------------------
 # Blocks
@@ -46,7 +47,7 @@ class FrontEnd(nn.Module):
     "grey": RGB -> luma replicated to 3 channels, so colour carries no signal (the built-in faces are grey).
     "lowpass": 2x average-pool then bilinear up-sampling, so a sharp photo looks like the soft, up-sampled
     25-pixel crops of the built-in set instead of something the model never saw.
-    With replicate=False a grey front end hands on the single luma channel (see fold_front_end).
+    With replicate=False a grey front end hands on the single luma channel (see export.fold_front_end).
     """
 
     def __init__(self, kind: str, replicate: bool = True):
@@ -78,7 +79,7 @@ class FrontEnd(nn.Module):
 
 @dataclass
 class ModelConfig:
-    image_size: int = 64
+    image_size: int = IMAGE_SIZE
     filters: tuple[int, ...] = (12, 24, 48, 72)  # one conv block each, stride 2: 64 -> 4
     kernels: tuple[int, ...] = (5, 5, 3, 3)
     hidden: int = 512  # dense layer before the head
@@ -202,63 +203,6 @@ class DecoderGraph(nn.Module):
         return self.model.decode(z)
 
 
-def image_net(model: FaceCNN | DBVAE) -> nn.Sequential:
-    """The stack from image to outputs: FaceCNN.net or the DB-VAE's encoder (front end, conv blocks, head)."""
-    return model.net if isinstance(model, FaceCNN) else model.encoder
-
-
-def fold_front_end(model: FaceCNN | DBVAE) -> FaceCNN | DBVAE:
-    """A copy of `model` for export that does the same sums with less work.
-
-    With a grey front end the first conv sees three equal channels, so conv(W, [g, g, g]) = conv(W.sum(1), g):
-    the copy keeps the luma channel single and sums the first conv's weights over their input channels,
-    a third of that conv's multiply-adds and none of the replication or of the 3-channel low-pass. Equal up
-    to float rounding (export checks it against `model`); any other front end returns `model` itself.
-    """
-    if "grey" not in model.cfg.front_end:
-        return model
-    folded = copy.deepcopy(model).eval()
-    net = image_net(folded)
-    net[0] = FrontEnd(model.cfg.front_end, replicate=False)
-    conv = net[1][0]  # the first ConvBlock's conv: weight [C_out, 3, k, k]
-    folded_conv = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=False)
-    with torch.no_grad():
-        folded_conv.weight.copy_(conv.weight.sum(1, keepdim=True))  # [C_out, 1, k, k]
-    net[1][0] = folded_conv
-    return folded
-
-
-def pad_narrow_blocks(model: FaceCNN | DBVAE, block: int = 16) -> FaceCNN | DBVAE:
-    """A copy of `model` for export whose conv blocks narrower than `block` channels get zero filters up to
-    `block`, with zero weights for them in the next conv: the same function, another memory layout on CPU.
-
-    ONNX Runtime's x86 kernels keep conv outputs in channel blocks (NCHWc; 16 channels with AVX-512, 8 with
-    AVX2), but a conv reading fewer channels than one block takes plain NCHW input, so the optimised graph
-    un-blocks the 12-channel first block before the second conv: a reorder worth 5-15% of a batch-1 call on a
-    2-core AVX-512 machine. Padded to one full block the convs chain without it. Only blocks followed by
-    another conv are padded (the last one feeds the dense layer, whose weights are laid out per channel).
-    """
-    padded = copy.deepcopy(model).eval()
-    net = image_net(padded)
-    blocks = [m for m in net if isinstance(m, ConvBlock)]
-    for this, nxt in zip(blocks, blocks[1:]):
-        conv, bn, next_conv = this[0], this[1], nxt[0]
-        extra = block - conv.out_channels
-        if extra <= 0:
-            continue
-        with torch.no_grad():
-            conv.weight = nn.Parameter(torch.cat([conv.weight, conv.weight.new_zeros(extra, *conv.weight.shape[1:])]))
-            # A zero filter through batch norm with mean 0, var 1, scale 0, shift 0 stays 0, and so after ReLU.
-            for name, fill in (("weight", 0.0), ("bias", 0.0), ("running_mean", 0.0), ("running_var", 1.0)):
-                t = getattr(bn, name)
-                pad = torch.cat([t, t.new_full((extra,), fill)])
-                setattr(bn, name, nn.Parameter(pad) if isinstance(t, nn.Parameter) else pad)
-            w = next_conv.weight  # [C_next, C, k, k] -> [C_next, block, k, k]
-            next_conv.weight = nn.Parameter(torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], dim=1))
-        conv.out_channels = bn.num_features = next_conv.in_channels = block
-    return padded
-
-
 def build_model(kind: str, cfg: ModelConfig) -> nn.Module:
     if kind == "cnn":
         return FaceCNN(cfg)
@@ -282,7 +226,7 @@ def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return (x - x_hat).abs().flatten(1).mean(dim=1)
 
 
-def dbvae_loss(x, y, logit, mu, logvar, x_hat, kl_weight: float = 5e-4) -> dict[str, torch.Tensor]:
+def dbvae_loss(x, y, logit, mu, logvar, x_hat, *, kl_weight: float) -> dict[str, torch.Tensor]:
     """DB-VAE loss (Amini et al. 2019, eq. 4): mean over the batch of
     BCE(z0, y) + 1[y = face] * (c * KL + L1). y is [N] in {0, 1}; a [N, 1] label is flattened so it
     cannot broadcast against the per-sample [N] terms and silently break the face-only mask."""

@@ -7,6 +7,7 @@ loop over the latent dimensions, so it costs one pass over an [N, D] tensor.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -25,8 +26,7 @@ def _identity(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return t
 
 
-def sampling_probabilities(mu: torch.Tensor, bins: int = 10, smoothing: float = 1e-3,
-                           all_reduce=_identity) -> torch.Tensor:
+def sampling_probabilities(mu: torch.Tensor, bins: int, smoothing: float, all_reduce=_identity) -> torch.Tensor:
     """Latent means [N, D] of the training faces -> sampling probability per face [N].
 
     With `all_reduce` (e.g. Dist.all_reduce), `mu` is this process's shard and the result is each of its
@@ -62,3 +62,19 @@ def distribution_stats(p: torch.Tensor) -> dict[str, float]:
         "ess_fraction": float(ess / n),
         "max_over_uniform": float(p.max() * n),
     }
+
+
+def reference_probabilities(mu: np.ndarray, bins: int, smoothing: float) -> np.ndarray:
+    """The MIT 6.S191 lab's straightforward loop, one latent dimension at a time, in NumPy: the slow reference
+    that sampling_probabilities is tested against (tests/test_training_resampling.py) and timed against
+    (bench/training.py). mu [N, D] -> p [N]; not used in training."""
+    p = np.zeros(mu.shape[0])
+    for i in range(mu.shape[1]):
+        density, edges = np.histogram(mu[:, i], density=True, bins=bins)
+        edges[0], edges[-1] = -np.inf, np.inf
+        idx = np.digitize(mu[:, i], edges)
+        smoothed = density + smoothing
+        smoothed = smoothed / smoothed.sum()
+        w = 1.0 / smoothed[idx - 1]
+        p = np.maximum(p, w / w.sum())
+    return p / p.sum()

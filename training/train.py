@@ -2,7 +2,8 @@
 
 Each epoch: (DB-VAE only) encode every training face in eval mode and recompute the sampling
 probabilities; draw batches of half faces (by those probabilities, or uniformly for the CNN) and half
-non-faces (uniformly); augment; step; validate on the held-out split; checkpoint.
+non-faces (uniformly); augment; step; validate on the held-out split; checkpoint. `train_step` is the
+step itself, shared with the training benchmark (bench/training.py), so both time the same work.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +26,16 @@ from training.config import TrainConfig
 from training.data.h5 import H5Source
 from training.distributed import Dist
 from training.metrics import binary_metrics
-from training.model import DBVAE, ModelConfig, build_model, cnn_loss, dbvae_loss
+from training.model import DBVAE, build_model, cnn_loss, dbvae_loss
 from training.resampling import distribution_stats, sampling_probabilities
 
 log = logging.getLogger(__name__)
+
+# Random streams, all derived from --seed. Batches: each model draws its own (the DB-VAE's resampled faces
+# must not mirror the CNN's uniform ones). Augmentation: each rank its own, so ranks do not augment alike;
+# after --resume the stream moves on by the epoch, so a resumed run does not repeat the first epochs' draws.
+BATCH_STREAM = {"cnn": 0, "dbvae": 1}
+AUGMENT_STREAM_PER_RANK = 1000
 
 
 class BatchReader(Dataset):
@@ -91,6 +99,126 @@ def epoch_batches(rng: np.random.Generator, faces: np.ndarray, non_faces: np.nda
     return list(np.concatenate([f[:, r::w], n[:, r::w]], axis=1))  # [steps, B/world]
 
 
+# ---------------------------------------------------------------------------------------------
+# One step
+
+
+def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """The batch's own non-faces are the real scenes that zoomed-out faces and occluders are cut from."""
+    return augment(x, cfg, gen, backgrounds=x[y == 0]) if cfg.augment else x
+
+
+def train_step(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+               cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Forward, loss, backward, optimiser step on one augmented batch x [B, 3, H, W], labels y [B]."""
+    if kind == "dbvae":
+        losses = dbvae_loss(x, y, *model(x), kl_weight=cfg.kl_weight)
+    else:
+        losses = cnn_loss(y, model(x))
+    opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    opt.step()
+    return losses
+
+
+def learning_rate(cfg: TrainConfig, done: float) -> float:
+    """The learning rate after `done` (0..1) of all training steps."""
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * done)) if cfg.lr_schedule == "cosine" else cfg.lr
+
+
+def new_model(kind: str, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """The network `python -m training` trains, with the same initial weights on every rank."""
+    torch.manual_seed(cfg.seed)
+    return build_model(kind, cfg.model_config()).to(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class Run:
+    """What one model's training carries from epoch to epoch."""
+
+    kind: str
+    cfg: TrainConfig
+    source: H5Source
+    faces: np.ndarray
+    non_faces: np.ndarray
+    world: Dist
+    device: torch.device
+    net: torch.nn.Module
+    model: torch.nn.Module  # net, or net wrapped in DistributedDataParallel
+    opt: torch.optim.Optimizer
+    rng: np.random.Generator
+    gen: torch.Generator
+    steps: int
+    history: list[dict] = field(default_factory=list)
+
+
+def face_probabilities(run: Run) -> tuple[np.ndarray, dict | None]:
+    """The epoch's sampling probability per training face [F] and, for the DB-VAE, how far it is from uniform.
+    Each rank encodes its shard of the faces; the histograms are combined across ranks, so p is the
+    distribution one process would compute over all faces."""
+    if run.kind != "dbvae":
+        return np.full(len(run.faces), 1.0 / len(run.faces)), None
+    cfg, world = run.cfg, run.world
+    _, mu = predict(run.net, run.source, world.shard(run.faces), run.device, cfg.resample_batch, cfg.workers,
+                    with_mu=True)
+    p_shard = sampling_probabilities(mu.to(run.device), cfg.hist_bins, cfg.smoothing, world.all_reduce)
+    p = world.all_gather_cat(p_shard).cpu().numpy()
+    p = p / p.sum()  # float64 round-off only: rng.choice wants an exact sum of 1
+    return p, distribution_stats(torch.from_numpy(p))
+
+
+def train_epoch(run: Run, epoch: int, p: np.ndarray) -> dict[str, float]:
+    """One epoch of steps -> the mean of each loss term over all ranks' steps."""
+    cfg, world = run.cfg, run.world
+    run.model.train()
+    sums: dict[str, float] = {}
+    batches = epoch_batches(run.rng, run.faces, run.non_faces, p, run.steps, cfg.batch_size, world)
+    bar = tqdm(batches_of(run.source, batches, cfg.workers), total=run.steps,
+               desc=f"{run.kind} {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and world.is_main), leave=False)
+    for step, (images, y) in enumerate(bar):
+        for group in run.opt.param_groups:
+            group["lr"] = learning_rate(cfg, (epoch * run.steps + step) / (cfg.epochs * run.steps))
+        x, y = as_input(images, run.device), y.to(run.device)
+        losses = train_step(run.kind, run.model, run.opt, augment_batch(x, y, cfg, run.gen), y, cfg)
+        for k in ("loss", "bce", "kl", "recon"):
+            if k in losses:
+                sums[k] = sums.get(k, 0.0) + losses[k].item()
+        bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+    keys = sorted(sums)
+    total = world.all_reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=run.device))
+    return {k: float(v) / run.steps / world.world for k, v in zip(keys, total)}
+
+
+def start(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, world: Dist,
+          device: torch.device) -> tuple[Run, int]:
+    """A fresh run, or the one in the checkpoint with --resume -> (run, first epoch to train)."""
+    net = new_model(kind, cfg, device)
+    model = net
+    if world.enabled:
+        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    labels = source.labels
+    run = Run(kind, cfg, source, train_idx[labels[train_idx] == 1], train_idx[labels[train_idx] == 0], world,
+              device, net, model, torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
+              np.random.default_rng(cfg.seed + BATCH_STREAM[kind]),
+              torch.Generator(device=device).manual_seed(cfg.seed + AUGMENT_STREAM_PER_RANK * world.rank),
+              cfg.steps_per_epoch or math.ceil(len(train_idx) / cfg.batch_size))
+    ckpt_path = Path(cfg.checkpoint_dir) / f"{kind}.pt"
+    if not (cfg.resume and ckpt_path.is_file()):
+        return run, 0
+    resumed, ckpt = load_checkpoint(ckpt_path, map_location=device)
+    net.load_state_dict(resumed.state_dict())
+    run.opt.load_state_dict(ckpt["optimizer_state"])
+    run.history, epoch = ckpt["history"], ckpt["epoch"]
+    run.rng = np.random.default_rng([cfg.seed, epoch])
+    run.gen.manual_seed(cfg.seed + AUGMENT_STREAM_PER_RANK * world.rank + epoch)
+    log.info("resumed %s from %s at epoch %d", kind, ckpt_path, epoch)
+    return run, epoch
+
+
 def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, val_idx: np.ndarray,
                 world: Dist = Dist(), device: torch.device | None = None) -> tuple[torch.nn.Module, dict]:
     """Train one model; -> (model in eval mode, {"history": [...], "val": metrics}).
@@ -103,95 +231,42 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
     if cfg.batch_size % (2 * world.world):
         raise ValueError(f"--batch-size {cfg.batch_size} must split into equal face and non-face halves "
                          f"over {world.world} processes (a multiple of {2 * world.world})")
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    rng = np.random.default_rng(cfg.seed + (0 if kind == "cnn" else 1))
-    gen = torch.Generator(device=device).manual_seed(cfg.seed + 1000 * world.rank)  # own augmentations
-    net = build_model(kind, ModelConfig(latent_dim=cfg.latent_dim, dropout=cfg.dropout,
-                                        front_end=cfg.model_front_end)).to(device)
-    model = net
-    if world.enabled:
-        model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.steps_per_epoch or math.ceil(len(train_idx) / cfg.batch_size)
-    total_steps = cfg.epochs * steps
-    ckpt_path = Path(cfg.checkpoint_dir) / f"{kind}.pt"
-
-    history, start = [], 0
-    if cfg.resume and ckpt_path.is_file():
-        resumed, ckpt = load_checkpoint(ckpt_path, map_location=device)
-        net.load_state_dict(resumed.state_dict())
-        opt.load_state_dict(ckpt["optimizer_state"])
-        history, start = ckpt["history"], ckpt["epoch"]
-        rng = np.random.default_rng([cfg.seed, start])
-        gen.manual_seed(cfg.seed + 1000 * world.rank + start)
-        log.info("resumed %s from %s at epoch %d", kind, ckpt_path, start)
-
-    labels = source.labels
-    faces, non_faces = train_idx[labels[train_idx] == 1], train_idx[labels[train_idx] == 0]
+    run, first = start(kind, cfg, source, train_idx, world, device)
     val = {}
-    for epoch in range(start, cfg.epochs):
+    for epoch in range(first, cfg.epochs):
         record: dict = {"epoch": epoch + 1}
         t0 = time.perf_counter()
-        if kind == "dbvae":
-            # Each rank encodes its shard of the faces; histograms are combined across ranks, so p is
-            # the distribution one process would compute over all faces.
-            _, mu = predict(net, source, world.shard(faces), device, cfg.resample_batch, cfg.workers,
-                            with_mu=True)
-            p_shard = sampling_probabilities(mu.to(device), cfg.hist_bins, cfg.smoothing, world.all_reduce)
-            p = world.all_gather_cat(p_shard).cpu().numpy()
-            p = p / p.sum()  # float64 round-off only: rng.choice wants an exact sum of 1
-            record["resampling"] = distribution_stats(torch.from_numpy(p))
-        else:
-            p = np.full(len(faces), 1.0 / len(faces))
+        p, resampling = face_probabilities(run)
+        if resampling is not None:
+            record["resampling"] = resampling
         t1 = time.perf_counter()
-        model.train()
-        sums: dict[str, float] = {}
-        batches = epoch_batches(rng, faces, non_faces, p, steps, cfg.batch_size, world)
-        loader = batches_of(source, batches, cfg.workers)
-        bar = tqdm(loader, total=steps, desc=f"{kind} {epoch + 1}/{cfg.epochs}",
-                   disable=not (cfg.progress and world.is_main), leave=False)
-        for step, (images, y) in enumerate(bar):
-            if cfg.lr_schedule == "cosine":
-                done = (epoch * steps + step) / total_steps
-                for group in opt.param_groups:
-                    group["lr"] = cfg.lr * 0.5 * (1 + math.cos(math.pi * done))
-            x = as_input(images, device)
-            y = y.to(device)
-            if cfg.augment:
-                x = augment(x, cfg, gen, backgrounds=x[y == 0])
-            if kind == "dbvae":
-                losses = dbvae_loss(x, y, *model(x), kl_weight=cfg.kl_weight)
-            else:
-                losses = cnn_loss(y, model(x))
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            opt.step()
-            for k in ("loss", "bce", "kl", "recon"):
-                if k in losses:
-                    sums[k] = sums.get(k, 0.0) + losses[k].item()
-            bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+        losses = train_epoch(run, epoch, p)
         t2 = time.perf_counter()
         # Seconds on this rank (rank 0's are recorded); training images/s counts all ranks' images.
         record["seconds"] = {"resample": t1 - t0, "train": t2 - t1}
-        record["train_images_per_s"] = steps * cfg.batch_size / (t2 - t1)
-        keys = sorted(sums)
-        mean = world.all_reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=device))
-        record.update({k: float(v) / steps / world.world for k, v in zip(keys, mean)})
-        history.append(record)
-        if not world.is_main:
-            world.barrier()  # rank 0 validates and checkpoints meanwhile
-            continue
-        prob = predict(net, source, val_idx, device, cfg.resample_batch, cfg.workers)
-        val = binary_metrics(labels[val_idx], prob, cfg.threshold)
-        record["val"] = val
-        extra = ""
-        if "resampling" in record:
-            r = record["resampling"]
-            extra = f" | resampling max/min {r['max_min_ratio']:.1f}, ESS {r['ess_fraction']:.2f}"
-        log.info("%s epoch %d/%d loss %.4f val balanced acc %.3f auc %.3f%s", kind, epoch + 1, cfg.epochs,
-                 record["loss"], val["balanced_accuracy"], val["roc_auc"], extra)
-        save_checkpoint(ckpt_path, kind, net, opt, cfg, epoch + 1, history, {"val": val})
+        record["train_images_per_s"] = run.steps * cfg.batch_size / (t2 - t1)
+        record.update(losses)
+        run.history.append(record)
+        if world.is_main:  # the other ranks wait at the barrier while rank 0 validates and checkpoints
+            val = validate(run, val_idx, record)
         world.barrier()
-    if not val and history and "val" in history[-1]:
-        val = history[-1]["val"]
-    return net.eval(), {"history": history, "val": val}
+    if not val and run.history and "val" in run.history[-1]:
+        val = run.history[-1]["val"]
+    return run.net.eval(), {"history": run.history, "val": val}
+
+
+def validate(run: Run, val_idx: np.ndarray, record: dict) -> dict:
+    """Rank 0: held-out metrics into the epoch's record, a log line, the checkpoint. -> the metrics."""
+    cfg = run.cfg
+    prob = predict(run.net, run.source, val_idx, run.device, cfg.resample_batch, cfg.workers)
+    val = binary_metrics(run.source.labels[val_idx], prob, cfg.threshold)
+    record["val"] = val
+    extra = ""
+    if "resampling" in record:
+        r = record["resampling"]
+        extra = f" | resampling max/min {r['max_min_ratio']:.1f}, ESS {r['ess_fraction']:.2f}"
+    log.info("%s epoch %d/%d loss %.4f val balanced acc %.3f auc %.3f%s", run.kind, record["epoch"], cfg.epochs,
+             record["loss"], val["balanced_accuracy"], val["roc_auc"], extra)
+    save_checkpoint(Path(cfg.checkpoint_dir) / f"{run.kind}.pt", run.kind, run.net, run.opt, cfg, record["epoch"],
+                    run.history, {"val": val})
+    return val

@@ -1,6 +1,19 @@
-"""One router per concern; service.main includes them all."""
+"""One router per concern; service.main includes them all.
+
+Path rule: the API a client programs against lives under /v1 (/v1/detect, /v1/reconstruct, /v1/morph,
+/v1/models); the endpoints an orchestrator polls (/healthz, /readyz, /metrics) are unversioned, as
+Kubernetes and Prometheus expect them. The unversioned upload paths that clients already call stay, marked
+deprecated in the OpenAPI document.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter
 
 from service.schemas import Problem
+
+API_PREFIX = "/v1"
 
 # Documented on every endpoint that takes uploads, so /docs shows the error shape and when it happens.
 UPLOAD_PROBLEMS: dict[int | str, dict] = {
@@ -13,3 +26,13 @@ UPLOAD_PROBLEMS: dict[int | str, dict] = {
     503: {"model": Problem, "description": "Overloaded (see Retry-After) or not ready",
           "content": {"application/problem+json": {}}},
 }
+
+
+def post_versioned(router: APIRouter, path: str, **kwargs: Any) -> Callable[[Callable], Callable]:
+    """Register a POST handler at /v1<path> and, deprecated, at <path>."""
+    def register(handler: Callable) -> Callable:
+        router.post(API_PREFIX + path, **kwargs)(handler)
+        router.post(path, deprecated=True, **kwargs)(handler)
+        return handler
+
+    return register

@@ -1,4 +1,4 @@
-"""POST /detect: face probability for one or more images, in one batched inference."""
+"""POST /v1/detect: face probability for one or more images, in one batched inference."""
 
 from __future__ import annotations
 
@@ -6,18 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 
-from service.engine import Engine
-from service.errors import ProblemError
-from service.routes import UPLOAD_PROBLEMS
+from service.pipeline import Pipeline
+from service.problems import ProblemError
+from service.routes import UPLOAD_PROBLEMS, post_versioned
 from service.schemas import DetectResponse, Detection
-from service.settings import ModelName, Settings
+from service.settings import ModelName
 from service.uploads import read
 
 router = APIRouter(tags=["inference"])
 
 
-@router.post("/detect", response_model=DetectResponse, responses=UPLOAD_PROBLEMS,
-             summary="Is each picture a face?")
+@post_versioned(router, "/detect", response_model=DetectResponse, responses=UPLOAD_PROBLEMS,
+                summary="Is each picture a face?")
 async def detect(
     request: Request,
     image: Annotated[list[UploadFile], File(description="An image; repeat the field to send a batch")],
@@ -26,24 +26,24 @@ async def detect(
         openapi_examples={"DB-VAE": {"value": "dbvae"}, "standard CNN": {"value": "cnn"}},
     )] = None,
 ) -> DetectResponse:
-    # The hot path takes no Depends(): FastAPI solves each dependency per request (~20 us of event-loop
-    # time apiece), a measurable share of /detect's cost under load (bench/load.py). Same objects, read directly.
-    engine: Engine = request.app.state.engine
-    settings: Settings = request.app.state.settings
-    if len(image) > settings.max_images_per_request:
+    # The upload routes take no Depends(): FastAPI solves each dependency per request (~20 us of event-loop
+    # time apiece), a measurable share of /detect's cost under load (bench/load.py). Same object, read directly.
+    pipeline: Pipeline = request.app.state.pipeline
+    limit = pipeline.settings.max_images_per_request
+    if len(image) > limit:
         raise ProblemError(422, "too-many-images", "Too many images",
-                           f"{len(image)} images sent; at most {settings.max_images_per_request} per request "
-                           "(FACEDET_MAX_IMAGES_PER_REQUEST)")
-    name = model or settings.default_model
-    async with engine.admit():
+                           f"{len(image)} images sent; at most {limit} per request (FACEDET_MAX_IMAGES_PER_REQUEST)")
+    name = model or pipeline.settings.default_model
+    async with pipeline.admission.admit():
         payloads = [await read(upload, f"image[{i}]") for i, upload in enumerate(image)]
-        probabilities = await engine.detect(name, payloads)
-    threshold = engine.threshold(name)
+        probabilities = await pipeline.detect(name, payloads)
+    runtime = pipeline.runtime
+    threshold = runtime.threshold(name)
     return DetectResponse(
         model=name,
-        model_version=engine.manifest.models[name].version,
+        model_version=runtime.manifest.models[name].version,
         threshold=threshold,
-        provider=engine.provider(name),
+        provider=runtime.provider(name),
         results=[Detection(filename=upload.filename, face_probability=float(p), is_face=bool(p >= threshold))
                  for upload, p in zip(image, probabilities)],
     )

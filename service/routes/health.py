@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import EngineDep, MetricsDep
-from service.errors import ProblemError
+from service.deps import MetricsDep, PipelineDep
+from service.problems import ProblemError
 from service.schemas import Liveness, Problem, Readiness
 
 router = APIRouter(tags=["health"])
@@ -18,9 +18,9 @@ async def healthz() -> Liveness:
 
 @router.get("/readyz", response_model=Readiness, summary="Models loaded and warmed up; not shutting down",
             responses={503: {"model": Problem, "content": {"application/problem+json": {}}}})
-async def readyz(engine: EngineDep, metrics: MetricsDep) -> Readiness:
-    reason = engine.not_ready_reason()
+async def readyz(pipeline: PipelineDep, metrics: MetricsDep) -> Readiness:
+    reason = pipeline.not_ready_reason()
     metrics.ready.set(0 if reason else 1)
     if reason:
         raise ProblemError(503, "not-ready", "Not ready", reason)
-    return Readiness(status="ready", providers={k: g.providers[0] for k, g in engine.graphs.items()})
+    return Readiness(status="ready", providers={k: g.providers[0] for k, g in pipeline.runtime.graphs.items()})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnxruntime as ort
 from fastapi import APIRouter
 
-from service.deps import EngineDep, SettingsDep
+from service.deps import PipelineDep
 from service.schemas import GraphInfo, ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["models"])
@@ -16,19 +16,20 @@ def _args(args: list) -> list[dict]:
 
 
 @router.get("/v1/models", response_model=ModelsResponse, summary="Loaded models, versions, providers, metrics")
-async def list_models(engine: EngineDep, settings: SettingsDep) -> ModelsResponse:
+async def list_models(pipeline: PipelineDep) -> ModelsResponse:
+    runtime, settings = pipeline.runtime, pipeline.settings
     models = []
-    for name, entry in engine.manifest.models.items():
-        graphs = {key.split(".", 1)[1]: g for key, g in engine.graphs.items() if key.startswith(f"{name}.")}
+    for name, entry in runtime.manifest.models.items():
+        graphs = {key.split(".", 1)[1]: g for key, g in runtime.graphs.items() if key.startswith(f"{name}.")}
         if not graphs:
             continue
         models.append(ModelInfo(
-            name=name, version=entry.version, threshold=engine.threshold(name),
+            name=name, version=entry.version, threshold=runtime.threshold(name),
             default=name == settings.default_model, metrics=entry.metrics,
             graphs={role: GraphInfo(file=g.file, inputs=_args(g.session.get_inputs()),
                                     outputs=_args(g.session.get_outputs()), providers=g.providers,
-                                    warmed_batch_sizes=g.warmed) for role, g in graphs.items()},
+                                    warmed_batch_sizes=g.warmed_batch_sizes) for role, g in graphs.items()},
         ))
-    return ModelsResponse(input=engine.manifest.input, latent_dim=engine.manifest.latent_dim,
+    return ModelsResponse(input=runtime.manifest.input, latent_dim=runtime.manifest.latent_dim,
                           requested_providers=settings.providers,
                           available_providers=ort.get_available_providers(), models=models)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bench.server import ServerProcess as _Process
+from service.process import ServerProcess as _Process
 
 
 class ServerProcess(_Process):

@@ -21,6 +21,7 @@ from training.data.image import IMAGE_SIZE, prepare
 
 BUILTIN_VERSION = 2
 LFW_SIZE = 25
+LFW_FACES = 100  # lfw_subset holds 100 faces first, then 100 background patches
 # Random crops of the natural pictures added as non-faces. More crops of the same 22 pictures (every scale and
 # place) teach much better what is not a face: 1,400 -> 5,000 raised specificity on 291 real photo crops (an
 # ad hoc set, not in the repo) from 0.62 to 0.75 (CNN, mean of 3 seeds; DB-VAE 0.61 -> 0.72, 2 seeds), while recall
@@ -68,11 +69,11 @@ def random_crops(pictures: list[np.ndarray], n: int, rng: np.random.Generator) -
 def build_builtin(path: Path, extra_non_faces: int = EXTRA_NON_FACES, seed: int = 0) -> Path:
     import skimage.data
 
-    lfw = np.asarray(skimage.data.lfw_subset())  # [200, 25, 25], faces first
+    lfw = np.asarray(skimage.data.lfw_subset())  # [200, 25, 25]: LFW_FACES faces, then as many background patches
     lfw = (np.clip(lfw, 0, 1) * 255).round().astype(np.uint8) if lfw.dtype != np.uint8 else lfw
     lfw_rgb = np.stack([prepare(Image.fromarray(a, "L")) for a in lfw])
     crops = random_crops(_natural_pictures(), extra_non_faces, np.random.default_rng(seed))
-    labels = np.r_[np.ones(100), np.zeros(100 + extra_non_faces)]
+    labels = np.r_[np.ones(LFW_FACES), np.zeros(len(lfw) - LFW_FACES + extra_non_faces)]
     with H5Writer(path) as w:
         w.append(np.concatenate([lfw_rgb, crops]), labels)
     return path

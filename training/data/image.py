@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-IMAGE_SIZE = 64
-# Decompression-bomb guard for training data: Pillow only warns below 2x its own limit.
-MAX_PIXELS = 64_000_000
+from training.contract import IMAGE_SIZE
+
+# Decompression-bomb guard for training data: Pillow only warns below 2x its own limit. The same cap as the
+# service's default FACEDET_MAX_IMAGE_PIXELS (tests/test_contract.py), so what one side reads the other does.
+MAX_PIXELS = 50_000_000
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -48,6 +48,6 @@ def manifest_split(data: dict, cache_dir: str) -> tuple[H5Source, np.ndarray, np
     name = data.get("source", "builtin")
     source = open_source(name, h5=data.get("path", "") if name == "h5" else "", faces=data.get("faces", ""),
                          non_faces=data.get("non_faces", ""), cache_dir=cache_dir,
-                         builtin_non_faces=data.get("builtin_non_faces", EXTRA_NON_FACES), seed=data.get("seed", 0))
-    train_idx, val_idx = stratified_split(source.labels, data.get("val_fraction", 0.2), data.get("seed", 0))
+                         builtin_non_faces=data.get("builtin_non_faces", EXTRA_NON_FACES), seed=data["seed"])
+    train_idx, val_idx = stratified_split(source.labels, data["val_fraction"], data["seed"])
     return source, train_idx, val_idx

@@ -1,5 +1,6 @@
-"""A server run as its own process on a free loopback port, the way a user starts it; shared by the load
-benchmark (bench/load.py) and the tests that call the real process (tests/utils/server.py)."""
+"""A server run as its own process on a free loopback port, the way a user starts it: `python -m service`, or
+any command that takes `--port P` and answers GET /readyz. Used by the load benchmark (bench/load.py) and the
+tests that call the real process (tests/utils/server.py); standard library only."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 
@@ -31,16 +34,15 @@ class ServerProcess:
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until GET /readyz answers 200; RuntimeError with the log if the process exits or time runs out."""
-        import httpx  # here, not at import: free_port() is also used where httpx is not installed
-
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log.read_text()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):  # not listening yet, or 503 while warming up
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"server not ready in {timeout}s:\n{self.log.read_text()}")

@@ -1,0 +1,21 @@
+"""The model contract as the service reads it: which graphs each model has, their input and output names,
+and the manifest format. The two halves never share code, so this is a deliberate copy of
+training/contract.py; tests/test_contract.py checks that both sides say the same.
+"""
+
+from __future__ import annotations
+
+MANIFEST_VERSION = 1
+IMAGE_INPUT = "image"  # every image graph's input: float32 RGB [N, 3, size, size] in [0, 1]
+LATENT_INPUT = "z"  # the decoder's input: float32 [N, latent_dim]
+
+# graph role -> (input name, output names); outputs are read by name, extra outputs are ignored.
+GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
+    "classifier": (IMAGE_INPUT, ("logit",)),
+    "encoder": (IMAGE_INPUT, ("logit", "mu", "logvar")),
+    "decoder": (LATENT_INPUT, ("image",)),
+}
+# model -> the graph roles the service needs from it (other graphs or models in the manifest are ignored).
+MODEL_GRAPHS: dict[str, tuple[str, ...]] = {"cnn": ("classifier",), "dbvae": ("encoder", "decoder")}
+# model -> the graph whose "logit" output is the face logit.
+SCORING_GRAPH: dict[str, str] = {"cnn": "classifier", "dbvae": "encoder"}

@@ -1,0 +1,180 @@
+"""The ONNX Runtime layer: one session per graph, checked against the model contract, on the providers
+asked for, warmed up at every batch size it will run. No HTTP here: it takes arrays and returns arrays."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnxruntime as ort
+
+from service.contract import GRAPH_IO, IMAGE_INPUT, MODEL_GRAPHS, SCORING_GRAPH
+from service.manifest import ModelError, load_manifest
+from service.schemas import Manifest
+from service.settings import Settings
+
+log = logging.getLogger("service.runtime")
+
+
+def batch_buckets(largest: int) -> tuple[int, ...]:
+    """Batch sizes the service actually runs: powers of two, capped at `largest` (which is included).
+
+    Requests are padded up to the next bucket, so warm-up can cover every shape a request will use.
+    """
+    sizes, b = [], 1
+    while b < largest:
+        sizes.append(b)
+        b *= 2
+    return (*sizes, largest)
+
+
+@dataclass
+class Graph:
+    key: str  # "<model>.<role>", e.g. "dbvae.encoder"
+    file: str
+    session: ort.InferenceSession
+    input: str
+    outputs: tuple[str, ...]
+    buckets: tuple[int, ...]
+    warmed_batch_sizes: list[int] = field(default_factory=list)
+    observe: Callable[[str, int, float], None] | None = None
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        n = len(x)
+        size = next((b for b in self.buckets if b >= n), n)
+        if size > n:
+            x = np.concatenate([x, np.zeros((size - n, *x.shape[1:]), dtype=x.dtype)])
+        start = time.perf_counter()
+        results = self.session.run(list(self.outputs), {self.input: x})
+        if self.observe is not None:
+            self.observe(self.key, n, time.perf_counter() - start)
+        return {name: out[:n] for name, out in zip(self.outputs, results)}
+
+
+class Runtime:
+    """Every graph the service serves, opened once at start-up and shared by all requests (ORT sessions are
+    safe to run from several threads)."""
+
+    def __init__(self, settings: Settings, manifest: Manifest, graphs: dict[str, Graph]):
+        self.settings, self.manifest, self.graphs = settings, manifest, graphs
+        self.size = manifest.input.size
+        self.warmed_up = False
+
+    @classmethod
+    def load(cls, settings: Settings) -> Runtime:
+        """Verify the manifest and files, then open one session per graph. Raises ModelError."""
+        manifest = load_manifest(settings.models_dir)
+        providers = choose_providers(settings.providers)
+        # A micro-batch holds up to micro_batch_max images; 2: morph encodes a and b together.
+        image_batch = max(settings.max_images_per_request, settings.micro_batch_max, 2)
+        graphs: dict[str, Graph] = {}
+        for model, roles in MODEL_GRAPHS.items():
+            for role in roles:
+                file = manifest.models[model].graphs[role]
+                session = open_session(settings, file, providers)
+                check_contract(session, file, role, manifest)
+                name_in, names_out = GRAPH_IO[role]
+                largest = image_batch if name_in == IMAGE_INPUT else settings.max_morph_steps
+                key = f"{model}.{role}"
+                graphs[key] = Graph(key, file, session, name_in, names_out, batch_buckets(largest))
+                log.info("loaded %s from %s on %s", key, file, session.get_providers())
+        return cls(settings, manifest, graphs)
+
+    def warm_up(self) -> None:
+        """One inference per graph at every batch size the service uses, so no request pays first-run costs."""
+        for graph in self.graphs.values():
+            shape = (3, self.size, self.size) if graph.input == IMAGE_INPUT else (self.manifest.latent_dim,)
+            for b in graph.buckets:
+                graph.run(np.zeros((b, *shape), dtype=np.float32))
+                graph.warmed_batch_sizes.append(b)
+        self.warmed_up = True
+        log.info("warm-up done: %s", {k: g.warmed_batch_sizes for k, g in self.graphs.items()})
+
+    def gpu_problem(self) -> str | None:
+        """Why FACEDET_REQUIRE_GPU is not met, or None."""
+        if not self.settings.require_gpu:
+            return None
+        on_cpu = [k for k, g in self.graphs.items() if g.providers[0] == "CPUExecutionProvider"]
+        if not on_cpu:
+            return None
+        return (f"FACEDET_REQUIRE_GPU is set but {', '.join(on_cpu)} run on CPUExecutionProvider "
+                f"(available: {', '.join(ort.get_available_providers())})")
+
+    # --- what a model answers ---
+
+    def threshold(self, model: str) -> float:
+        override = self.settings.threshold
+        return override if override is not None else self.manifest.models[model].threshold
+
+    def scoring_graph(self, model: str) -> Graph:
+        return self.graphs[f"{model}.{SCORING_GRAPH[model]}"]
+
+    def provider(self, model: str) -> str:
+        return self.scoring_graph(model).providers[0]
+
+    def classify(self, model: str, batch: np.ndarray) -> np.ndarray:
+        """float32 [N, 3, S, S] -> face probability [N] (float64)."""
+        logit = self.scoring_graph(model).run(batch)["logit"].reshape(len(batch)).astype(np.float64)
+        return 0.5 * (1.0 + np.tanh(0.5 * logit))  # sigmoid without overflow for large |logit|
+
+    def encode(self, batch: np.ndarray) -> np.ndarray:
+        """float32 [N, 3, S, S] -> the DB-VAE's latent means [N, D]."""
+        return self.graphs["dbvae.encoder"].run(batch)["mu"]
+
+    def generate(self, z: np.ndarray) -> np.ndarray:
+        """Latents [N, D] -> the DB-VAE decoder's images, float32 [N, 3, S, S] in [0, 1]."""
+        images = self.graphs["dbvae.decoder"].run(np.ascontiguousarray(z, dtype=np.float32))["image"]
+        return np.clip(images, 0.0, 1.0)
+
+
+def choose_providers(requested: list[str]) -> list[str]:
+    available = ort.get_available_providers()
+    chosen = [p for p in requested if p in available]
+    skipped = [p for p in requested if p not in available]
+    if skipped:
+        log.warning("execution providers %s are not in this onnxruntime build (it has %s)", skipped, available)
+    if "CUDAExecutionProvider" in chosen and hasattr(ort, "preload_dlls"):
+        # With the CUDA/cuDNN pip wheels (no system CUDA, as in the slim image) this makes them loadable.
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # noqa: BLE001 - a failed preload only means CUDA will not be used
+            log.warning("onnxruntime.preload_dlls() failed: %s", exc)
+    return chosen or ["CPUExecutionProvider"]
+
+
+def open_session(settings: Settings, file: str, providers: list[str]) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3  # ORT's own warnings (e.g. CUDA fallback) are reported by us instead
+    path = settings.models_dir / file
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for unreadable graphs
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"{path}: ONNX Runtime cannot load it: {first_line}") from None
+
+
+def check_contract(session: ort.InferenceSession, file: str, role: str, manifest: Manifest) -> None:
+    want_in, want_out = GRAPH_IO[role]
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = {o.name for o in session.get_outputs()}
+    if set(inputs) != {want_in} or not set(want_out) <= outputs:
+        raise ModelError(f"{file}: inputs {sorted(inputs)} / outputs {sorted(outputs)} do not match the "
+                         f"contract for a {role} (inputs {[want_in]}, outputs {list(want_out)})")
+    shape = inputs[want_in].shape
+    size = manifest.input.size
+    expected = [3, size, size] if want_in == IMAGE_INPUT else [manifest.latent_dim]
+    if isinstance(shape[0], int) or len(shape) != 1 + len(expected):
+        raise ModelError(f"{file}: input shape {shape} must be [N, {', '.join(map(str, expected))}] "
+                         "with a dynamic batch axis N")
+    fixed = [d for d, e in zip(shape[1:], expected) if isinstance(d, int) and d != e]
+    if fixed:
+        raise ModelError(f"{file}: input shape {shape} does not match [N, {', '.join(map(str, expected))}]")

@@ -1,0 +1,44 @@
+"""The model contract is written down once on each side of the wall (training/contract.py, service/contract.py):
+the two copies must say the same, and what training writes must be what the service reads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service import contract as served
+from service.schemas import Manifest
+from service.settings import Settings
+from training import contract as trained
+from training.data import image as training_image
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def test_both_sides_describe_the_same_graphs() -> None:
+    assert served.MANIFEST_VERSION == trained.MANIFEST_VERSION
+    assert served.IMAGE_INPUT == trained.IMAGE_INPUT
+    assert served.LATENT_INPUT == trained.LATENT_INPUT
+    assert served.GRAPH_IO == trained.GRAPH_IO
+    assert served.MODEL_GRAPHS == trained.MODEL_GRAPHS
+    assert served.SCORING_GRAPH == trained.SCORING_GRAPH
+
+
+def test_every_scoring_graph_outputs_the_face_logit() -> None:
+    for contract in (served, trained):
+        for model, role in contract.SCORING_GRAPH.items():
+            assert role in contract.MODEL_GRAPHS[model]
+            assert contract.GRAPH_IO[role][1][0] == "logit"
+
+
+def test_the_committed_manifest_follows_both_copies() -> None:
+    raw = json.loads((MODELS / "manifest.json").read_text())
+    manifest = Manifest.model_validate(raw)  # the service's reading of it
+    assert raw["input"] == trained.INPUT
+    assert manifest.input.size == trained.IMAGE_SIZE
+    for model, files in trained.MODEL_FILES.items():
+        assert raw["models"][model]["graphs"] == files
+
+
+def test_both_sides_refuse_images_over_the_same_pixel_cap() -> None:
+    assert training_image.MAX_PIXELS == Settings.model_fields["max_image_pixels"].default

@@ -1,0 +1,33 @@
+"""The model contract as training writes it: the ONNX graphs each model exports, their input and output names,
+the input images and the manifest format. The service keeps a deliberate copy (service/contract.py);
+tests/test_contract.py checks that both sides say the same.
+"""
+
+from __future__ import annotations
+
+MANIFEST_VERSION = 1
+OPSET = 18
+IMAGE_SIZE = 64  # every graph's images are [N, 3, 64, 64]
+IMAGE_INPUT = "image"  # float32 RGB NCHW in [0, 1]
+LATENT_INPUT = "z"  # the decoder's input: float32 [N, latent_dim]
+
+# graph role -> (input name, output names)
+GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
+    "classifier": (IMAGE_INPUT, ("logit",)),
+    "encoder": (IMAGE_INPUT, ("logit", "mu", "logvar")),
+    "decoder": (LATENT_INPUT, ("image",)),
+}
+# model -> graph role -> file in models/
+MODEL_FILES: dict[str, dict[str, str]] = {
+    "cnn": {"classifier": "cnn.onnx"},
+    "dbvae": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx"},
+}
+MODEL_GRAPHS: dict[str, tuple[str, ...]] = {model: tuple(files) for model, files in MODEL_FILES.items()}
+# model -> the graph whose "logit" output is the face logit
+SCORING_GRAPH: dict[str, str] = {"cnn": "classifier", "dbvae": "encoder"}
+
+# The canonical pre-processing (training/data/image.py; service/preprocess.py re-implements it), by step name.
+PREPROCESS = ["decode_jpeg_draft_2x", "exif_transpose", "to_rgb", "centre_square_crop",
+              f"resize_bilinear_{IMAGE_SIZE}", "scale_1_255"]
+INPUT = {"name": IMAGE_INPUT, "layout": "NCHW", "channels": 3, "size": IMAGE_SIZE, "channel_order": "RGB",
+         "dtype": "float32", "range": [0.0, 1.0], "preprocess": PREPROCESS}

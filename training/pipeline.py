@@ -1,0 +1,96 @@
+"""The whole of `python -m training`: open the data, train each model, export it, evaluate the exported files,
+write the manifest once."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from training import distributed
+from training.config import TrainConfig
+from training.distributed import Dist
+from training.data.h5 import H5Source
+from training.data.sources import open_source, stratified_split
+from training.evaluation import evaluate_models
+from training.export import EXPORTERS
+from training.manifest import write_manifest
+from training.reporting import format_table
+from training.train import train_model
+
+log = logging.getLogger("training")
+
+
+def data_summary(cfg: TrainConfig, source: H5Source, train_idx, val_idx) -> dict:
+    y = source.labels
+    summary = {"source": cfg.source, "seed": cfg.seed, "val_fraction": cfg.val_fraction,
+               "train": {"faces": int(y[train_idx].sum()), "non_faces": int(len(train_idx) - y[train_idx].sum())},
+               "val": {"faces": int(y[val_idx].sum()), "non_faces": int(len(val_idx) - y[val_idx].sum())}}
+    if cfg.source == "h5":
+        summary["path"] = str(Path(cfg.h5).resolve())
+    elif cfg.source == "folders":
+        summary.update(faces=str(Path(cfg.faces).resolve()), non_faces=str(Path(cfg.non_faces).resolve()),
+                       skipped_unreadable=getattr(source, "skipped", 0))
+    else:
+        summary["builtin_non_faces"] = cfg.builtin_non_faces
+    return summary
+
+
+def existing_entries(out_dir: Path, keep: list[str]) -> dict:
+    """Manifest entries of models not retrained this run, kept while their files are still there."""
+    path = out_dir / "manifest.json"
+    if not path.is_file():
+        return {}
+    old = json.loads(path.read_text()).get("models", {})
+    return {k: v for k, v in old.items() if k not in keep and all((out_dir / g).is_file() for g in v["graphs"].values())}
+
+
+def open_data(cfg: TrainConfig, world: Dist) -> H5Source:
+    """Rank 0 opens first, so a built-in or folder cache is built once, not by every rank at a time."""
+    def _open():
+        return open_source(cfg.source, h5=cfg.h5, faces=cfg.faces, non_faces=cfg.non_faces,
+                           cache_dir=cfg.cache_dir, builtin_non_faces=cfg.builtin_non_faces, seed=cfg.seed)
+
+    source = _open() if world.is_main else None
+    world.barrier()
+    return source if source is not None else _open()
+
+
+def run(cfg: TrainConfig) -> dict | None:
+    """Train, export and evaluate; under torchrun only rank 0 exports and returns the manifest."""
+    world = distributed.from_environment()
+    device = distributed.device_for(world, cfg.device)
+    distributed.init(world, device, cfg.dist_timeout)
+    try:
+        source = open_data(cfg, world)
+        if getattr(source, "skipped", 0):
+            log.warning("skipped %d unreadable image file(s)", source.skipped)
+        train_idx, val_idx = stratified_split(source.labels, cfg.val_fraction, cfg.seed)
+        data = data_summary(cfg, source, train_idx, val_idx)
+        log.info("data: %s%s", json.dumps({k: data[k] for k in ("source", "train", "val")}),
+                 f" | {world.world} processes, {device}" if world.enabled else "")
+        out_dir = Path(cfg.out_dir)
+        entries = existing_entries(out_dir, cfg.model_list) if world.is_main else {}
+        for kind in cfg.model_list:
+            model, result = train_model(kind, cfg, source, train_idx, val_idx, world, device)
+            if world.is_main:
+                exported = EXPORTERS[kind](model, out_dir)
+                log.info("%s exported, ONNX Runtime vs PyTorch max abs error %.1e", kind,
+                         exported["parity_max_abs_error"])
+                entries[kind] = {**exported, "threshold": cfg.threshold,
+                                 "metrics": {"val_torch": result["val"], "history": result["history"]}}
+            world.barrier()
+    finally:
+        distributed.shutdown()
+    if not world.is_main:
+        return None
+    # Evaluate the exported files themselves (ONNX Runtime), as the service will run them, before the manifest
+    # is written: it is written once, whole, with these figures in it.
+    evaluation = evaluate_models(out_dir, entries, source, val_idx)
+    for kind, m in evaluation["models"].items():
+        entries[kind]["metrics"]["val"] = {k: v for k, v in m.items() if k not in ("version", "threshold")}
+    manifest = write_manifest(out_dir, entries, cfg.latent_dim, data, {**cfg.to_dict(), "processes": world.world})
+    print(f"\nValidation split ({data['val']['faces']} faces, {data['val']['non_faces']} non-faces), ONNX Runtime:")
+    print(format_table(evaluation))
+    print(f"models and manifest written to {out_dir}/")
+    return manifest
