@@ -37,6 +37,7 @@ $(VENV)/.installed-bench: $(VENV)/.installed
 install-bench: $(VENV)/.installed-bench
 
 bench: install-bench  ## benchmarks: tables printed, JSON in bench/results/ (a few minutes each)
+	$(PY) -m bench.localise
 	$(PY) -m bench.inference
 	$(PY) -m bench.training
 	$(PY) -m bench.quality

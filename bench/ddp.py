@@ -46,7 +46,7 @@ def synthetic_h5(path: Path, n: int, seed: int = 0) -> Path:
 def run(procs: int, h5: Path, model: str, steps: int, batch: int, threads: int, out: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", "--rdzv-backend=c10d",
            f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "training", "--source", "h5", "--h5", str(h5),
-           "--models", model, "--epochs", "1", "--steps-per-epoch", str(steps), "--batch-size", str(batch),
+           "--models", model, "--epochs", "1", "--mine-rounds", "0", "--steps-per-epoch", str(steps), "--batch-size", str(batch),
            "--val-fraction", "0.01", "--out-dir", str(out / "models"), "--checkpoint-dir", str(out / "ckpt"),
            "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}

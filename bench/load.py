@@ -18,7 +18,7 @@ by a separate load-generator process (bench/load_client.py) at each concurrency 
 
 Cells run interleaved (each payload and concurrency: every server in turn), so a burst of load from another
 process on this shared machine hits all servers alike. Payloads: a real face (scikit-image's LFW subset,
-face #0, 25x25 grey upscaled to a 64x64 RGB PNG) and a real photo (scikit-image's astronaut, 4:3 crop
+face #0, 25x25 grey upscaled to a 64x64 RGB PNG) and a real photo (scikit-learn's china.jpg
 resized to a 640x480 JPEG, quality 90). Per cell: requests/s, p50/p95/p99 latency, errors (any non-200 or
 transport failure), server CPU seconds per request, load generator CPU, and the 1-min load average. Per
 server: resident memory (VmRSS) after start-up, after an unmeasured warm-up burst of each payload at the highest
@@ -52,10 +52,11 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 def payloads(folder: Path) -> dict[str, tuple[Path, str]]:
     from skimage import data
+    from sklearn.datasets import load_sample_image
 
     face = Image.fromarray((data.lfw_subset()[0] * 255).round().astype(np.uint8)).convert("RGB")
     face = face.resize((64, 64), Image.Resampling.BILINEAR)
-    photo = Image.fromarray(data.astronaut()).crop((0, 64, 512, 448)).resize((640, 480), Image.Resampling.BILINEAR)
+    photo = Image.fromarray(load_sample_image("china.jpg")).resize((640, 480), Image.Resampling.BILINEAR)
     files = {"png64": (folder / "face64.png", "image/png"), "jpeg640x480": (folder / "photo640x480.jpg", "image/jpeg")}
     face.save(files["png64"][0], format="PNG")
     buf = io.BytesIO()

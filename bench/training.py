@@ -78,7 +78,7 @@ def time_steps(kind: str, source: H5Source, cfg: TrainConfig, device: torch.devi
         y = y.to(device)
         sync(device)
         t1 = time.perf_counter()
-        x = augment_batch(x, y, cfg, gen)
+        x, y = augment_batch(x, y, cfg, gen)
         sync(device)
         t2 = time.perf_counter()
         losses = train_step(kind, model, opt, x, y, cfg)

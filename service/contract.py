@@ -14,8 +14,11 @@ GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
     "classifier": (IMAGE_INPUT, ("logit",)),
     "encoder": (IMAGE_INPUT, ("logit", "mu", "logvar")),
     "decoder": (LATENT_INPUT, ("image",)),
+    # the localiser's scan graph: image [N, 3, H, W] (H, W multiples of 16) -> face logit map [N, H/16-3, W/16-3]
+    "scanner": (IMAGE_INPUT, ("logit_map",)),
 }
 # model -> the graph roles the service needs from it (other graphs or models in the manifest are ignored).
-MODEL_GRAPHS: dict[str, tuple[str, ...]] = {"cnn": ("classifier",), "dbvae": ("encoder", "decoder")}
+MODEL_GRAPHS: dict[str, tuple[str, ...]] = {"cnn": ("classifier", "scanner"),
+                                            "dbvae": ("encoder", "decoder", "scanner")}
 # model -> the graph whose "logit" output is the face logit.
 SCORING_GRAPH: dict[str, str] = {"cnn": "classifier", "dbvae": "encoder"}

@@ -7,19 +7,54 @@ The one place that decides per request; it calls the image layer (service/prepro
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
 import numpy as np
+from PIL import Image
 
 from service import render
 from service.admission import Admission
 from service.batcher import MicroBatcher
-from service.preprocess import Payload, decode_batch, load_batch, open_small
+from service.localiser import clip_boxes, face_square, locate
+from service.problems import ProblemError
+from service.preprocess import (Payload, centre_box, decode_batch, decode_photo, load, load_batch, open_image,
+                                open_small, oriented_size, to_model_input)
 from service.runtime import Runtime
 from service.settings import Settings
 
 MorphFormat = Literal["png", "gif", "json"]
+Box = tuple[int, int, int, int]  # x, y, width, height in px of the image after EXIF orientation
+
+
+@dataclass(frozen=True)
+class FaceChoice:
+    box: Box
+    source: Literal["request", "found", "centre"]  # asked for; the largest face found; the centre square
+
+    def header(self) -> str:
+        return ",".join(map(str, self.box))
+
+
+@dataclass(frozen=True)
+class FindFaces:
+    """What /detect was asked for: boxes=False is the single centre-crop answer of earlier releases."""
+
+    boxes: bool = True
+    threshold: float | None = None  # None: the manifest's (localiser threshold for photos, model's for crops)
+    min_face_size: int | None = None  # None: the manifest's localiser.min_face_size
+    max_faces: int | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One image's answer: its best face probability, the threshold it was held to, its faces [M, 5]
+    (x, y, width, height, score; None when boxes were not asked for)."""
+
+    probability: float
+    threshold: float
+    faces: np.ndarray | None
 
 
 class Pipeline:
@@ -44,6 +79,68 @@ class Pipeline:
         return decode_batch(payloads, self.size, self.settings.max_image_pixels)
 
     # --- POST /detect ---
+
+    async def find_faces(self, model: str, payloads: list[Payload], ask: FindFaces) -> list[Answer]:
+        """Every image's faces. Crops (no side over the manifest's crop_max_side) are classified whole, in one
+        batch, as before, and answer with the centre square as their box; photos are scanned (service/localiser.py)."""
+        if not ask.boxes:
+            threshold = self.crop_threshold(model, ask)
+            return [Answer(float(p), threshold, None) for p in await self.detect(model, payloads)]
+        crop_side = self.runtime.manifest.localiser.crop_max_side
+        batcher = self.batchers.get(model)
+        if batcher is not None:  # crops go through the micro-batcher as with boxes=false; photos are scanned
+            sizes = [oriented_size(open_image(data, max_pixels=self.settings.max_image_pixels, label=label), label)
+                     for label, data in payloads]
+            if all(max(size) <= crop_side for size in sizes):
+                return self._crop_answers(model, ask, sizes, await batcher.submit(payloads, len(payloads)))
+        else:
+            images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
+            if images is not None:
+                sizes = [oriented_size(im, label) for label, im in images]
+                if all(max(size) <= crop_side for size in sizes):  # small crops: answered here, as before
+                    return self._crop_answers(model, ask, sizes,
+                                              self.runtime.classify(model, load_batch(images, self.size)))
+        return await self.admission.run(self._find_faces, model, payloads, ask)
+
+    def crop_threshold(self, model: str, ask: FindFaces) -> float:
+        return self.runtime.threshold(model) if ask.threshold is None else ask.threshold
+
+    def _crop_answers(self, model: str, ask: FindFaces, sizes: list[tuple[int, int]],
+                      probabilities: np.ndarray) -> list[Answer]:
+        threshold = self.crop_threshold(model, ask)
+        return [Answer(float(p), threshold, np.array([[*centre_box(*size), p]]) if p >= threshold else np.zeros((0, 5)))
+                for size, p in zip(sizes, probabilities)]
+
+    def _find_faces(self, model: str, payloads: list[Payload], ask: FindFaces) -> list[Answer]:
+        """In the pool: decode, then classify the crops together and scan the photos one by one."""
+        cfg = self.runtime.manifest.localiser
+        answers: list[Answer | None] = [None] * len(payloads)
+        crops: list[tuple[int, np.ndarray, tuple[int, int]]] = []
+        for i, (label, data) in enumerate(payloads):
+            im = open_image(data, max_pixels=self.settings.max_image_pixels, label=label)
+            size = oriented_size(im, label)
+            if max(size) <= cfg.crop_max_side:
+                crops.append((i, load(im, size=self.size, label=label), size))
+            else:
+                answers[i] = self.scan_photo(model, data, label, size, ask)
+        if crops:
+            probabilities = self.runtime.classify(model, to_model_input([c for _, c, _ in crops]))
+            for (i, _, _), answer in zip(crops, self._crop_answers(model, ask, [s for _, _, s in crops], probabilities)):
+                answers[i] = answer
+        return answers
+
+    def scan_photo(self, model: str, data: bytes, label: str, size: tuple[int, int], ask: FindFaces) -> Answer:
+        cfg = self.runtime.manifest.localiser
+        threshold = cfg.threshold if ask.threshold is None else ask.threshold
+        min_face = ask.min_face_size or cfg.min_face_size
+        # The pyramid's largest level is window / min_face of the photo: a JPEG need not decode larger than that.
+        photo, factor = decode_photo(data, max_pixels=self.settings.max_image_pixels,
+                                     smallest=min(1.0, cfg.window / min_face), label=label)
+        found = locate(self.runtime, model, photo, threshold, max(1, round(min_face / factor)),
+                       ask.max_faces or cfg.max_faces)
+        boxes = found.boxes.copy()
+        boxes[:, :4] *= factor
+        return Answer(found.best, threshold, clip_boxes(boxes, *size))
 
     async def detect(self, model: str, payloads: list[Payload]) -> np.ndarray:
         """Face probabilities [N] for one request's images: on the event loop if they are small
@@ -77,24 +174,54 @@ class Pipeline:
 
     # --- POST /reconstruct and /morph (the DB-VAE) ---
 
-    async def reconstruct(self, payload: Payload) -> bytes:
-        """One image -> its DB-VAE reconstruction as a PNG. The latent mean, not a sample: the same upload
-        always gives the same picture."""
-        def job() -> bytes:
-            return render.png(self.runtime.generate(self.runtime.encode(self._decode([payload])))[0])
+    def face_input(self, payload: Payload, box: Box | None) -> tuple[np.ndarray, FaceChoice]:
+        """The face the DB-VAE works on: the box asked for, else the largest face the DB-VAE's localiser finds,
+        else (a crop, or a photo without a face found) the centre square. Cut out as a square around the box,
+        resized like every model input -> (uint8 [S, S, 3], which box and why)."""
+        label, data = payload
+        photo, _ = decode_photo(data, max_pixels=self.settings.max_image_pixels, label=label)
+        w, h = photo.size
+        if box is not None:
+            x, y, bw, bh = box
+            if x + bw > w or y + bh > h:
+                raise ProblemError(422, "validation-error", "Invalid request",
+                                   f"{label}: box {x},{y},{bw},{bh} lies outside the {w}x{h} image")
+            choice = FaceChoice(box, "request")
+        elif max(w, h) <= self.runtime.manifest.localiser.crop_max_side:
+            choice = FaceChoice(centre_box(w, h), "centre")
+        else:
+            cfg = self.runtime.manifest.localiser
+            found = locate(self.runtime, "dbvae", photo, cfg.threshold, cfg.min_face_size, cfg.max_faces).boxes
+            if len(found):
+                x, y, bw, bh, _ = found[np.argmax(found[:, 2] * found[:, 3])]
+                choice = FaceChoice((int(x), int(y), int(bw), int(bh)), "found")
+            else:
+                choice = FaceChoice(centre_box(w, h), "centre")
+        square = photo.crop(face_square(choice.box, w, h)).resize((self.size, self.size), Image.Resampling.BILINEAR)
+        return np.asarray(square, dtype=np.uint8), choice
+
+    async def reconstruct(self, payload: Payload, box: Box | None = None) -> tuple[bytes, FaceChoice]:
+        """One image's face -> its DB-VAE reconstruction as a PNG. The latent mean, not a sample: the same
+        upload always gives the same picture."""
+        def job() -> tuple[bytes, FaceChoice]:
+            face, choice = self.face_input(payload, box)
+            return render.png(self.runtime.generate(self.runtime.encode(to_model_input([face])))[0]), choice
 
         return await self.admission.run(job)
 
-    async def morph(self, a: Payload, b: Payload, steps: int, fmt: MorphFormat) -> tuple[bytes | list[str], float]:
-        """Latent means of a and b, interpolated linearly over `steps` frames (both ends included) and decoded in
-        one batch -> (PNG strip, GIF or base64 PNG frames, Euclidean distance between the two means)."""
-        def job() -> tuple[bytes | list[str], float]:
-            mu = self.runtime.encode(self._decode([a, b])).astype(np.float64)  # [2, D]
+    async def morph(self, a: Payload, b: Payload, steps: int, fmt: MorphFormat, box_a: Box | None = None,
+                    box_b: Box | None = None) -> tuple[bytes | list[str], float, tuple[FaceChoice, FaceChoice]]:
+        """Latent means of a's and b's faces, interpolated linearly over `steps` frames (both ends included) and
+        decoded in one batch -> (PNG strip, GIF or base64 PNG frames; the distance between the two means;
+        the faces used)."""
+        def job() -> tuple[bytes | list[str], float, tuple[FaceChoice, FaceChoice]]:
+            (face_a, choice_a), (face_b, choice_b) = self.face_input(a, box_a), self.face_input(b, box_b)
+            mu = self.runtime.encode(to_model_input([face_a, face_b])).astype(np.float64)  # [2, D]
             t = np.linspace(0.0, 1.0, steps)[:, None]  # [steps, 1]
             frames = self.runtime.generate((1.0 - t) * mu[0] + t * mu[1])  # [steps, 3, S, S]
-            distance = float(np.linalg.norm(mu[1] - mu[0]))
+            distance, choices = float(np.linalg.norm(mu[1] - mu[0])), (choice_a, choice_b)
             if fmt == "json":
-                return render.base64_pngs(frames), distance
-            return (render.gif(frames) if fmt == "gif" else render.png_strip(frames)), distance
+                return render.base64_pngs(frames), distance, choices
+            return (render.gif(frames) if fmt == "gif" else render.png_strip(frames)), distance, choices
 
         return await self.admission.run(job)

@@ -19,6 +19,11 @@ from service.settings import Settings
 log = logging.getLogger("service.runtime")
 
 
+def sigmoid(logit: np.ndarray) -> np.ndarray:
+    """Face probability, float64, without overflow for large |logit|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logit, dtype=np.float64)))
+
+
 def batch_buckets(largest: int) -> tuple[int, ...]:
     """Batch sizes the service actually runs: powers of two, capped at `largest` (which is included).
 
@@ -81,7 +86,8 @@ class Runtime:
                 session = open_session(settings, file, providers)
                 check_contract(session, file, role, manifest)
                 name_in, names_out = GRAPH_IO[role]
-                largest = image_batch if name_in == IMAGE_INPUT else settings.max_morph_steps
+                # A scan graph runs one pyramid level of one photo at a time: its shapes vary, its batch does not.
+                largest = 1 if role == "scanner" else image_batch if name_in == IMAGE_INPUT else settings.max_morph_steps
                 key = f"{model}.{role}"
                 graphs[key] = Graph(key, file, session, name_in, names_out, batch_buckets(largest))
                 log.info("loaded %s from %s on %s", key, file, session.get_providers())
@@ -121,8 +127,11 @@ class Runtime:
 
     def classify(self, model: str, batch: np.ndarray) -> np.ndarray:
         """float32 [N, 3, S, S] -> face probability [N] (float64)."""
-        logit = self.scoring_graph(model).run(batch)["logit"].reshape(len(batch)).astype(np.float64)
-        return 0.5 * (1.0 + np.tanh(0.5 * logit))  # sigmoid without overflow for large |logit|
+        return sigmoid(self.scoring_graph(model).run(batch)["logit"].reshape(len(batch)))
+
+    def scan(self, model: str, level: np.ndarray) -> np.ndarray:
+        """One pyramid level float32 [1, 3, H, W] (H, W multiples of the stride) -> face logit map [H', W']."""
+        return self.graphs[f"{model}.scanner"].run(level)["logit_map"][0]
 
     def encode(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N, 3, S, S] -> the DB-VAE's latent means [N, D]."""

@@ -34,11 +34,25 @@ class ManifestFile(BaseModel):
     bytes: int = Field(ge=0)
 
 
+class Localiser(BaseModel):
+    """How the scan graphs are run (training/localiser.py LocaliserConfig); service/localiser.py follows it."""
+
+    window: int = Field(gt=0)
+    stride: int = Field(gt=0)
+    scale_step: float = Field(gt=1.0)
+    min_face_size: int = Field(gt=0)
+    nms_iou: float = Field(ge=0.0, le=1.0)
+    threshold: float = Field(ge=0.0, le=1.0)
+    max_faces: int = Field(gt=0)
+    crop_max_side: int = Field(gt=0)
+
+
 class Manifest(BaseModel):
     format_version: Literal[MANIFEST_VERSION]
     created: str | None = None
     input: ManifestInput
     latent_dim: int = Field(gt=0)
+    localiser: Localiser
     models: dict[str, ManifestModel]
     files: dict[str, ManifestFile]
 
@@ -68,10 +82,35 @@ class Problem(BaseModel):
     error_id: str | None = None
 
 
+class Box(BaseModel):
+    x: int = Field(ge=0, description="left edge, px of the uploaded image after EXIF orientation")
+    y: int = Field(ge=0, description="top edge, px")
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+
+
+    @classmethod
+    def from_tuple(cls, box: tuple[int, int, int, int]) -> "Box":
+        return cls(x=box[0], y=box[1], width=box[2], height=box[3])
+
+
+class FaceUsed(BaseModel):
+    box: Box
+    source: Literal["request", "found", "centre"] = Field(
+        description="request: the box asked for; found: the largest face found; centre: the centre square")
+
+
+class Face(BaseModel):
+    box: Box
+    score: float = Field(ge=0.0, le=1.0, description="face probability of the (merged) window")
+
+
 class Detection(BaseModel):
     filename: str | None
-    face_probability: float = Field(ge=0.0, le=1.0)
-    is_face: bool
+    face_probability: float = Field(ge=0.0, le=1.0, description="the highest face score in the image")
+    is_face: bool = Field(description="whether any face passed the threshold")
+    threshold: float = Field(ge=0.0, le=1.0, description="the threshold applied to this image")
+    faces: list[Face] | None = Field(None, description="highest score first; absent with boxes=false")
 
 
 class DetectResponse(BaseModel):
@@ -83,7 +122,9 @@ class DetectResponse(BaseModel):
                     "model_version": "dbvae-1a2b3c4d",
                     "threshold": 0.5,
                     "provider": "CPUExecutionProvider",
-                    "results": [{"filename": "photo.jpg", "face_probability": 0.97, "is_face": True}],
+                    "results": [{"filename": "photo.jpg", "face_probability": 0.97, "is_face": True,
+                                 "threshold": 0.9, "faces": [{"box": {"x": 412, "y": 96, "width": 131,
+                                                                      "height": 131}, "score": 0.97}]}],
                 }
             ]
         }
@@ -114,6 +155,8 @@ class MorphFrames(BaseModel):
     size: int
     latent_distance: float = Field(description="Euclidean distance between the latent means of a and b")
     frames: list[str] = Field(description="base64-encoded PNG frames, from a to b")
+    box_a: FaceUsed | None = None
+    box_b: FaceUsed | None = None
 
 
 class GraphInfo(BaseModel):
@@ -136,6 +179,7 @@ class ModelInfo(BaseModel):
 class ModelsResponse(BaseModel):
     input: ManifestInput
     latent_dim: int
+    localiser: Localiser = Field(description="how /v1/detect scans photos (the manifest's localiser entry)")
     requested_providers: list[str]
     available_providers: list[str]
     models: list[ModelInfo]

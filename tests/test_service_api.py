@@ -137,14 +137,14 @@ def test_health_and_readiness(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "alive"}
     ready = client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "providers": {"cnn.classifier": "CPUExecutionProvider",
-                                                            "dbvae.encoder": "CPUExecutionProvider",
-                                                            "dbvae.decoder": "CPUExecutionProvider"}}
+    graphs = ("cnn.classifier", "cnn.scanner", "dbvae.encoder", "dbvae.decoder", "dbvae.scanner")
+    assert ready.json() == {"status": "ready", "providers": {g: "CPUExecutionProvider" for g in graphs}}
 
 
 def test_models_lists_what_is_loaded(client: TestClient) -> None:
     body = client.get("/v1/models").json()
     assert body["input"]["size"] == 64 and body["latent_dim"] == 8
+    assert body["localiser"]["threshold"] == 0.9 and body["localiser"]["crop_max_side"] == 128
     assert body["requested_providers"] == ["CPUExecutionProvider"]
     models = {m["name"]: m for m in body["models"]}
     assert (models["dbvae"]["version"], models["dbvae"]["default"]) == ("dbvae-test0001", True)

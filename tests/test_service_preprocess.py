@@ -114,14 +114,24 @@ def test_service_imports_neither_training_nor_torch() -> None:
         assert "import training" not in text and "from training" not in text and "import torch" not in text, source
 
 
+def test_the_image_admission_onnx_and_localiser_layers_import_no_web_framework() -> None:
+    """Only the routes, uploads, errors, middleware and main know about HTTP (the ONNX layer least of all)."""
+    code = ("import sys, service.runtime, service.admission, service.pipeline, service.localiser, service.preprocess; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'uvicorn')); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_large_jpeg_is_decoded_at_a_reduced_scale_that_barely_changes_the_input() -> None:
     """A 1024x768 photo decodes at half scale (still 2x the model size) in both pipelines, close to full size."""
     import io
 
-    from skimage import data as skdata
+    from sklearn.datasets import load_sample_image
 
     buf = io.BytesIO()
-    Image.fromarray(skdata.astronaut()).resize((1024, 768), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+    photo = Image.fromarray(load_sample_image("china.jpg"))
+    photo.resize((1024, 768), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
     jpeg = buf.getvalue()
     ours = decode(jpeg)
     np.testing.assert_array_equal(ours, training_image.load_image(jpeg))

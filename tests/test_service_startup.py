@@ -46,9 +46,11 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str]] = {
     "not onnx, hash matching": (lambda d: ((d / "cnn.onnx").write_bytes(b"garbage" * 100), write_manifest(d)),
                                 "ONNX Runtime cannot load it"),
     "graphs swapped": (lambda d: write_manifest(d, models={
-        "cnn": {"version": "c", "threshold": 0.5, "graphs": {"classifier": "dbvae_decoder.onnx"}},
+        "cnn": {"version": "c", "threshold": 0.5,
+                "graphs": {"classifier": "dbvae_decoder.onnx", "scanner": "cnn_scan.onnx"}},
         "dbvae": {"version": "d", "threshold": 0.5,
-                  "graphs": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx"}}}),
+                  "graphs": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx",
+                             "scanner": "dbvae_scan.onnx"}}}),
         "do not match the contract for a classifier"),
 }
 

@@ -46,9 +46,12 @@ def test_exports_follow_the_contract(trained):
     for name, meta in manifest["files"].items():
         data = (models / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == meta["sha256"] and len(data) == meta["bytes"]
+    assert manifest["data"]["mined_non_faces"][0] > 0  # one round of hard negatives, by default
+    assert manifest["localiser"]["window"] == 64 and manifest["localiser"]["stride"] == 16
     signatures = {"cnn.onnx": (["image"], ["logit"]),
                   "dbvae_encoder.onnx": (["image"], ["logit", "mu", "logvar"]),
-                  "dbvae_decoder.onnx": (["z"], ["image"])}
+                  "dbvae_decoder.onnx": (["z"], ["image"]),
+                  "cnn_scan.onnx": (["image"], ["logit_map"]), "dbvae_scan.onnx": (["image"], ["logit_map"])}
     for name, (ins, outs) in signatures.items():
         model = onnx.load(models / name)
         onnx.checker.check_model(model)

@@ -34,16 +34,9 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
                          torch.stack([sin * flip, cos, ty], 1)], 1)  # [N, 2, 3]
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    if backgrounds is None or len(backgrounds) == 0:
-        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-    else:
-        warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-        inside = (grid.abs() <= 1).all(-1).unsqueeze(1)  # [N, 1, H, W]: where the source image lands
-        pick = torch.randint(len(backgrounds), (n,), generator=g, device=dev)
-        x = torch.where(inside, warped, backgrounds[pick])
-        if cfg.occlude > 0:
-            x = _occlude(x, backgrounds, cfg.occlude, g)
+    x = _warp(x, theta, backgrounds, g)
+    if backgrounds is not None and len(backgrounds) and cfg.occlude > 0:
+        x = _occlude(x, backgrounds, cfg.occlude, g)
 
     # Photometric: per-channel gain (colour), grey, contrast around the mean, brightness.
     gains = 1 + (torch.rand(n, 3, 1, 1, generator=g, device=dev) * 2 - 1) * cfg.colour
@@ -58,6 +51,34 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
     if cfg.noise > 0:
         x = x + torch.randn(x.shape, generator=g, device=dev) * cfg.noise
     return x.clamp(0, 1)
+
+
+def _warp(x: torch.Tensor, theta: torch.Tensor, backgrounds: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
+    """x [N, 3, H, W] through the affine maps theta [N, 2, 3]; uncovered area shows a real scene from
+    `backgrounds` when given, else the image mirrored."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if backgrounds is None or len(backgrounds) == 0:
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    inside = (grid.abs() <= 1).all(-1).unsqueeze(1)  # [N, 1, H, W]: where the source image lands
+    pick = torch.randint(len(backgrounds), (len(x),), generator=g, device=x.device)
+    return torch.where(inside, warped, backgrounds[pick])
+
+
+def misframe(faces: torch.Tensor, g: torch.Generator, backgrounds: torch.Tensor | None = None) -> torch.Tensor:
+    """Faces [M, 3, H, W] as a scan meets them in the windows around the right one: shifted by 40-70% of the
+    window in a random direction, zoomed out to 25-40% (a small face in a large window) or in to 2.2-3x (a part
+    of a face). Trained as non-faces, they teach that only a well-framed window is a face."""
+    m, dev = faces.shape[0], faces.device
+    kind = torch.randint(3, (m,), generator=g, device=dev)  # 0 off-centre, 1 too small, 2 too large
+    scale = torch.where(kind == 1, _uniform(m, 0.25, 0.4, g, dev),
+                        torch.where(kind == 2, _uniform(m, 2.2, 3.0, g, dev), _uniform(m, 0.9, 1.1, g, dev)))
+    direction = _uniform(m, 0, 2 * math.pi, g, dev)
+    reach = torch.where(kind == 0, _uniform(m, 0.4, 0.7, g, dev), _uniform(m, 0.0, 0.1, g, dev)) * 2  # grid units
+    tx, ty = reach * torch.cos(direction), reach * torch.sin(direction)
+    zero = torch.zeros(m, device=dev)
+    theta = torch.stack([torch.stack([1 / scale, zero, tx], 1), torch.stack([zero, 1 / scale, ty], 1)], 1)
+    return _warp(faces, theta, backgrounds, g)
 
 
 def _occlude(x: torch.Tensor, backgrounds: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:

@@ -80,6 +80,12 @@ class TrainConfig:
     grey: float = opt(0.2, "probability of turning an image grey (both classes alike)")
     occlude: float = opt(0.3, "probability of covering a random 5-25% rectangle with a real scene")
     noise: float = opt(0.03, "standard deviation of additive Gaussian pixel noise")
+    misframed: float = opt(0.5, "share of each batch's faces added again as non-faces, off-centre, too small or "
+                                "too large, so only well-framed windows score high when a photo is scanned")
+
+    # --- training for the scan (the localiser) ---------------------------------------------
+    mine_rounds: int = opt(1, "hard-negative mining: after training, the scan graphs' false alarms on the built-in "
+                              "face-free scenes join the non-faces and every model trains again, this many times")
 
     # --- outputs ----------------------------------------------------------------------------
     out_dir: str = opt("models", "ONNX files + manifest.json")
@@ -107,6 +113,10 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError("--lr-schedule must be cosine or constant")
+        if self.mine_rounds < 0:
+            raise ValueError("--mine-rounds must be >= 0")
+        if not 0 <= self.misframed <= 1:
+            raise ValueError("--misframed must be between 0 and 1")
         if not 0 < self.threshold < 1:
             raise ValueError("--threshold must be between 0 and 1")
 

@@ -16,11 +16,13 @@ GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
     "classifier": (IMAGE_INPUT, ("logit",)),
     "encoder": (IMAGE_INPUT, ("logit", "mu", "logvar")),
     "decoder": (LATENT_INPUT, ("image",)),
+    # the localiser's scan graph: image [N, 3, H, W] (H, W multiples of 16) -> face logit map [N, H/16-3, W/16-3]
+    "scanner": (IMAGE_INPUT, ("logit_map",)),
 }
 # model -> graph role -> file in models/
 MODEL_FILES: dict[str, dict[str, str]] = {
-    "cnn": {"classifier": "cnn.onnx"},
-    "dbvae": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx"},
+    "cnn": {"classifier": "cnn.onnx", "scanner": "cnn_scan.onnx"},
+    "dbvae": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx", "scanner": "dbvae_scan.onnx"},
 }
 MODEL_GRAPHS: dict[str, tuple[str, ...]] = {model: tuple(files) for model, files in MODEL_FILES.items()}
 # model -> the graph whose "logit" output is the face logit

@@ -2,9 +2,13 @@
 
     python -m training.evaluate --models-dir models                       # the held-out split
     python -m training.evaluate --source folders --faces ppb/ --non-faces neg/   # a labelled set
+    python -m training.evaluate --photos photos/ --boxes boxes.csv       # finding faces in photos
 
 When the face folder has group sub-folders (e.g. LF/ LM/ DF/ DM/), accuracy per group and the gap
 between the best and the worst group are reported, and a bar chart compares the models per group.
+With --photos and --boxes (file,x,y,width,height,difficult), each model's localiser runs on the photos:
+precision, recall and average precision at IoU >= 0.5, false alarms per photo, and a sheet of every photo
+with the true and the found boxes (eval_photos_<model>.png).
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ import numpy as np
 from training.data.h5 import DataError
 from training.data.sources import manifest_split, open_source, stratified_split
 from training.environment import environment
-from training.evaluation import evaluate_models
+from training.evaluation import evaluate_models, evaluate_photos, read_boxes
 from training.manifest import load_manifest
-from training.reporting import format_table, group_chart
+from training.reporting import format_table, group_chart, photo_sheet
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,7 +43,38 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--cache-dir", default=str(environment().cache), help="(default: FACEDET_CACHE)")
     ap.add_argument("--out", default="eval.json", help="JSON result")
     ap.add_argument("--chart", default="eval_groups.png", help="per-group bar chart (written when groups exist)")
-    return ap.parse_args(argv)
+    ap.add_argument("--photos", default="", help="a folder of photos to find faces in (needs --boxes)")
+    ap.add_argument("--boxes", default="", help="--photos: CSV file,x,y,width,height,difficult of the true faces")
+    ap.add_argument("--sheet", default="eval_photos", help="--photos: the drawn sheets' prefix (<prefix>_<model>.png)")
+    args = ap.parse_args(argv)
+    if bool(args.photos) != bool(args.boxes):
+        ap.error("--photos and --boxes go together")
+    return args
+
+
+def run_photos(args: argparse.Namespace) -> dict:
+    models_dir, photos, boxes = Path(args.models_dir), Path(args.photos), Path(args.boxes)
+    if not photos.is_dir():
+        raise DataError(f"not a directory: {photos}")
+    if not boxes.is_file():
+        raise DataError(f"no such file: {boxes}")
+    manifest = load_manifest(models_dir)
+    result = evaluate_photos(models_dir, manifest, photos, boxes)
+    truth = read_boxes(boxes)
+    result["sheets"] = [str(photo_sheet(result, kind, photos, truth, Path(f"{args.sheet}_{kind}.png")))
+                        for kind in result["models"]]
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def photos_table(result: dict) -> str:
+    lines = [f"{result['data']['photos']} photos, {result['data']['faces']} faces (+{result['data']['difficult']} "
+             "difficult, not counted), IoU >= 0.5:",
+             f"{'model':<8}{'precision':>11}{'recall':>9}{'AP':>7}{'false alarms/photo':>20}"]
+    for kind, m in result["models"].items():
+        lines.append(f"{kind:<8}{m['precision']:>11.3f}{m['recall']:>9.3f}{m['average_precision']:>7.3f}"
+                     f"{m['false_alarms_per_photo']:>20.2f}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -71,6 +106,11 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     args = parse_args(argv)
     try:
+        if args.photos:
+            result = run_photos(args)
+            print(photos_table(result))
+            print(f"wrote {args.out} and {', '.join(result['sheets'])}")
+            return 0
         result = run(args)
     except (DataError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

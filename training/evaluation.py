@@ -42,3 +42,101 @@ def evaluate_models(models_dir: Path, models: dict, source: H5Source, indices: n
             metrics["per_group"] = group_metrics(y, prob, source.groups[indices], source.group_names, threshold)
         result["models"][kind] = {"version": entry.get("version"), "threshold": threshold, **metrics}
     return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Localisation on photos with true boxes (PASCAL VOC / WIDER FACE style)
+
+PHOTO_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
+
+
+def open_photo(path: Path):
+    """A photo as the service sees it: EXIF orientation applied, then RGB (alpha composited on white)."""
+    from PIL import Image, ImageOps
+
+    from training.data.image import to_rgb
+
+    with Image.open(path) as im:
+        return to_rgb(ImageOps.exif_transpose(im))
+
+
+def read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float, bool]]]:
+    """boxes.csv (file,x,y,width,height,difficult) -> {file: [(x, y, w, h, difficult)]}. A photo of the folder
+    with no row holds no face."""
+    import csv
+
+    out: dict[str, list] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            out.setdefault(row["file"], []).append((float(row["x"]), float(row["y"]), float(row["width"]),
+                                                    float(row["height"]), row.get("difficult", "0").strip() == "1"))
+    return out
+
+
+def match(found: np.ndarray, truth: list, iou_min: float = 0.5) -> tuple[np.ndarray, int]:
+    """Greedy VOC matching, best score first: -> (per found box 1 = true positive, 0 = false alarm, -1 = matched a
+    'difficult' face and so not counted; the number of faces to find, difficult ones left out)."""
+    from training.localiser import iou
+
+    gt = np.array([t[:4] for t in truth], dtype=np.float64).reshape(-1, 4)
+    difficult = np.array([t[4] for t in truth], dtype=bool)
+    taken = np.zeros(len(gt), dtype=bool)
+    outcome = np.zeros(len(found), dtype=np.int64)
+    for k in np.argsort(-found[:, 4], kind="stable"):
+        if not len(gt):
+            break
+        overlaps = iou(found[k], gt)
+        j = int(np.argmax(overlaps))
+        if overlaps[j] >= iou_min:
+            if difficult[j]:
+                outcome[k] = -1
+            elif not taken[j]:
+                outcome[k], taken[j] = 1, True
+    return outcome, int((~difficult).sum())
+
+
+def average_precision(scores: np.ndarray, outcome: np.ndarray, positives: int) -> float:
+    """Area under the precision-recall curve with VOC's all-points interpolation (precision made monotone)."""
+    keep = outcome >= 0
+    order = np.argsort(-scores[keep], kind="stable")
+    tp = (outcome[keep][order] == 1).astype(np.float64)
+    if not positives:
+        return float("nan")
+    recall = np.r_[0.0, np.cumsum(tp) / positives]
+    precision = np.r_[1.0, np.cumsum(tp) / np.arange(1, len(tp) + 1)]
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum((recall[1:] - recall[:-1]) * precision[1:]))
+
+
+def evaluate_photos(models_dir: Path, manifest: dict, photos: Path, boxes_csv: Path) -> dict:
+    """Each model's localiser on every photo of the folder against the true boxes -> precision, recall, AP at
+    IoU >= 0.5, false alarms per photo, and the boxes found (for the sheet)."""
+    from training.localiser import Localiser, LocaliserConfig
+
+    truth = read_boxes(boxes_csv)
+    files = sorted(p for p in photos.iterdir() if p.suffix.lower() in PHOTO_EXTENSIONS)
+    missing = sorted(set(truth) - {p.name for p in files})
+    if missing:
+        raise ValueError(f"{boxes_csv} names photos that are not in {photos}: {', '.join(missing)}")
+    cfg = LocaliserConfig(**manifest["localiser"])
+    images = {p.name: open_photo(p) for p in files}
+    result = {"data": {"photos": len(files), "faces": sum(1 for t in truth.values() for b in t if not b[4]),
+                       "difficult": sum(1 for t in truth.values() for b in t if b[4]), "folder": str(photos),
+                       "boxes": str(boxes_csv)}, "localiser": cfg.to_dict(), "models": {}}
+    for kind, entry in manifest["models"].items():
+        localiser = Localiser(models_dir / entry["graphs"]["scanner"], cfg)
+        scores, outcomes, positives, per_photo = [], [], 0, {}
+        for name, image in images.items():
+            found = localiser.locate(image)
+            outcome, n = match(found, truth.get(name, []))
+            scores.append(found[:, 4])
+            outcomes.append(outcome)
+            positives += n
+            per_photo[name] = {"found": found.round(3).tolist(), "outcome": outcome.tolist()}
+        s, o = np.concatenate(scores), np.concatenate(outcomes)
+        tp, fp = int((o == 1).sum()), int((o == 0).sum())
+        result["models"][kind] = {"version": entry.get("version"), "precision": tp / max(tp + fp, 1),
+                                  "recall": tp / max(positives, 1), "average_precision": average_precision(s, o, positives),
+                                  "true_positives": tp, "false_alarms": fp, "false_alarms_per_photo": fp / max(len(files), 1),
+                                  "faces": positives, "photos": per_photo}
+    return result

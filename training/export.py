@@ -33,7 +33,7 @@ class ParityError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def quiet_exporter():
     """The dynamo exporter logs progress lines and torchvision notices on every call; keep the CLI readable."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx._internal.exporter._registration", "onnx_ir", "onnxscript")]
     levels = [lg.level for lg in loggers]
@@ -50,17 +50,23 @@ def _quiet_exporter():
 
 def export_graph(module: torch.nn.Module, example: torch.Tensor, path: Path, input_name: str,
                  output_names: list[str], parity_batches: tuple[int, ...] = (1, 7), seed: int = 0,
-                 reference: torch.nn.Module | None = None) -> float:
+                 reference: torch.nn.Module | None = None, spatial_multiple: int = 0) -> float:
     """Export `module` to `path`; -> the max abs difference ORT vs PyTorch (raises ParityError above 1e-4).
 
-    Parity is checked against `reference` when given: the trained model that `module` was folded from.
+    Parity is checked against `reference` when given: the trained model that `module` was folded from, on
+    inputs of `example`'s shape. With `spatial_multiple`, height and width are dynamic too (multiples of it).
     """
     module = module.eval().cpu()
-    reference = (reference or module).eval().cpu()
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.no_grad(), _quiet_exporter():
+    if isinstance(reference, torch.nn.Module):
+        reference = reference.eval().cpu()
+    reference = reference or module
+    dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if spatial_multiple:
+        dims[2] = spatial_multiple * torch.export.Dim("h", min=1, max=1024)
+        dims[3] = spatial_multiple * torch.export.Dim("w", min=1, max=1024)
+    with torch.no_grad(), quiet_exporter():
         program = torch.onnx.export(module, (example,), input_names=[input_name], output_names=output_names,
-                                    dynamic_shapes=({0: batch},), opset_version=OPSET, dynamo=True,
+                                    dynamic_shapes=(dims,), opset_version=OPSET, dynamo=True,
                                     external_data=False, verbose=False)
     with atomic_path(path) as tmp:
         program.save(str(tmp), external_data=False)
@@ -94,15 +100,20 @@ def check_parity(module, path: Path, input_name: str, output_names: list[str], i
 
 
 def export_cnn(model: FaceCNN, out_dir: Path) -> dict:
+    from training.localiser import export_scanner  # it builds on this module's rewrites
+
     files = MODEL_FILES["cnn"]
     name_in, names_out = GRAPH_IO["classifier"]
     example = torch.rand(2, 3, model.cfg.image_size, model.cfg.image_size)
     err = export_graph(for_export(model), example, out_dir / files["classifier"], name_in, list(names_out),
                        reference=model)
-    return {"graphs": dict(files), "parity_max_abs_error": err}
+    err_scan = export_scanner(model, out_dir / files["scanner"])
+    return {"graphs": dict(files), "parity_max_abs_error": max(err, err_scan)}
 
 
 def export_dbvae(model: DBVAE, out_dir: Path) -> dict:
+    from training.localiser import export_scanner
+
     files = MODEL_FILES["dbvae"]
     s, d = model.cfg.image_size, model.cfg.latent_dim
     enc_in, enc_out = GRAPH_IO["encoder"]
@@ -110,7 +121,8 @@ def export_dbvae(model: DBVAE, out_dir: Path) -> dict:
     err_enc = export_graph(EncoderGraph(for_export(model)), torch.rand(2, 3, s, s), out_dir / files["encoder"],
                            enc_in, list(enc_out), reference=EncoderGraph(model))
     err_dec = export_graph(DecoderGraph(model), torch.randn(2, d), out_dir / files["decoder"], dec_in, list(dec_out))
-    return {"graphs": dict(files), "parity_max_abs_error": max(err_enc, err_dec)}
+    err_scan = export_scanner(model, out_dir / files["scanner"])
+    return {"graphs": dict(files), "parity_max_abs_error": max(err_enc, err_dec, err_scan)}
 
 
 EXPORTERS = {"cnn": export_cnn, "dbvae": export_dbvae}

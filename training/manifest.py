@@ -27,9 +27,10 @@ def library_versions() -> dict:
             "h5py": h5py.__version__}
 
 
-def write_manifest(out_dir: Path, models: dict, latent_dim: int, data: dict, training: dict) -> dict:
+def write_manifest(out_dir: Path, models: dict, latent_dim: int, data: dict, training: dict,
+                   localiser: dict) -> dict:
     """models: {"cnn": {"graphs": ..., "threshold": ..., "metrics": ...}, "dbvae": {...}}; each model's version
-    is derived from its graphs' hashes."""
+    is derived from its graphs' hashes. localiser: how the scan graphs are run (training.localiser)."""
     files = {}
     for entry in models.values():
         for fname in entry["graphs"].values():
@@ -43,6 +44,7 @@ def write_manifest(out_dir: Path, models: dict, latent_dim: int, data: dict, tra
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "input": INPUT,
         "latent_dim": latent_dim,
+        "localiser": localiser,
         "models": models,
         "files": files,
         "data": data,

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
+
+import numpy as np
 
 from training import distributed
 from training.config import TrainConfig
@@ -14,6 +17,8 @@ from training.data.h5 import H5Source
 from training.data.sources import open_source, stratified_split
 from training.evaluation import evaluate_models
 from training.export import EXPORTERS
+from training.localiser import LocaliserConfig
+from training.mining import mine
 from training.manifest import write_manifest
 from training.reporting import format_table
 from training.train import train_model
@@ -56,6 +61,19 @@ def open_data(cfg: TrainConfig, world: Dist) -> H5Source:
     return source if source is not None else _open()
 
 
+def train_all(cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, val_idx: np.ndarray, world: Dist,
+              device, out_dir: Path, entries: dict) -> None:
+    """Train and (rank 0) export every model of --models; entries gets each one's manifest entry."""
+    for kind in cfg.model_list:
+        model, result = train_model(kind, cfg, source, train_idx, val_idx, world, device)
+        if world.is_main:
+            exported = EXPORTERS[kind](model, out_dir)
+            log.info("%s exported, ONNX Runtime vs PyTorch max abs error %.1e", kind, exported["parity_max_abs_error"])
+            entries[kind] = {**exported, "threshold": cfg.threshold,
+                             "metrics": {"val_torch": result["val"], "history": result["history"]}}
+        world.barrier()
+
+
 def run(cfg: TrainConfig) -> dict | None:
     """Train, export and evaluate; under torchrun only rank 0 exports and returns the manifest."""
     world = distributed.from_environment()
@@ -71,15 +89,22 @@ def run(cfg: TrainConfig) -> dict | None:
                  f" | {world.world} processes, {device}" if world.enabled else "")
         out_dir = Path(cfg.out_dir)
         entries = existing_entries(out_dir, cfg.model_list) if world.is_main else {}
-        for kind in cfg.model_list:
-            model, result = train_model(kind, cfg, source, train_idx, val_idx, world, device)
+        train_all(cfg, source, train_idx, val_idx, world, device, out_dir, entries)
+        for round_ in range(1, cfg.mine_rounds + 1):
+            # Hard negatives: the exported scan graphs' false alarms on face-free scenes, then every model again
+            # from scratch with them among its training non-faces.
+            mined = Path(cfg.checkpoint_dir) / f"mined-{round_}.h5"
             if world.is_main:
-                exported = EXPORTERS[kind](model, out_dir)
-                log.info("%s exported, ONNX Runtime vs PyTorch max abs error %.1e", kind,
-                         exported["parity_max_abs_error"])
-                entries[kind] = {**exported, "threshold": cfg.threshold,
-                                 "metrics": {"val_torch": result["val"], "history": result["history"]}}
+                graphs = [out_dir / entries[k]["graphs"]["scanner"] for k in cfg.model_list]
+                data.setdefault("mined_non_faces", []).append(
+                    mine(graphs, source, mined, LocaliserConfig(), builtin_look=cfg.source == "builtin"))
             world.barrier()
+            grown = H5Source(mined, name=source.name)
+            log.info("mining round %d/%d: %d training non-faces added", round_, cfg.mine_rounds,
+                     len(grown) - len(source))
+            train_idx = np.r_[train_idx, np.arange(len(source), len(grown))]
+            source = grown
+            train_all(replace(cfg, resume=False), source, train_idx, val_idx, world, device, out_dir, entries)
     finally:
         distributed.shutdown()
     if not world.is_main:
@@ -89,7 +114,8 @@ def run(cfg: TrainConfig) -> dict | None:
     evaluation = evaluate_models(out_dir, entries, source, val_idx)
     for kind, m in evaluation["models"].items():
         entries[kind]["metrics"]["val"] = {k: v for k, v in m.items() if k not in ("version", "threshold")}
-    manifest = write_manifest(out_dir, entries, cfg.latent_dim, data, {**cfg.to_dict(), "processes": world.world})
+    manifest = write_manifest(out_dir, entries, cfg.latent_dim, data, {**cfg.to_dict(), "processes": world.world},
+                              LocaliserConfig().to_dict())
     print(f"\nValidation split ({data['val']['faces']} faces, {data['val']['non_faces']} non-faces), ONNX Runtime:")
     print(format_table(evaluation))
     print(f"models and manifest written to {out_dir}/")

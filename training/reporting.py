@@ -52,3 +52,48 @@ def group_chart(result: dict, path: Path, footer: str = "", colours: dict | None
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def photo_sheet(result: dict, kind: str, photos: Path, truth: dict, path: Path, tile: int = 480,
+                only: list[str] | None = None) -> Path:
+    """Every photo with its true boxes (green; 'difficult' ones grey) and what `kind` found (blue: a face it got
+    right, red: a false alarm, yellow: a difficult face), score beside each; tiles `tile` px wide, 3 a row."""
+    from PIL import Image, ImageDraw
+
+    from training.evaluation import open_photo
+
+    found = result["models"][kind]["photos"]
+    tiles = []
+    for name, per in found.items():
+        if only is not None and name not in only:
+            continue
+        image = open_photo(photos / name)
+        s = tile / image.width
+        image = image.resize((tile, max(1, round(image.height * s))))
+        draw = ImageDraw.Draw(image)
+        for x, y, w, h, difficult in truth.get(name, []):
+            draw.rectangle([x * s, y * s, (x + w) * s, (y + h) * s], outline=(150, 150, 150) if difficult else (0, 200, 0),
+                           width=3)
+        for (x, y, w, h, score), outcome in zip(per["found"], per["outcome"]):
+            colour = {1: (30, 120, 255), 0: (255, 40, 40), -1: (255, 210, 0)}[outcome]
+            draw.rectangle([x * s, y * s, (x + w) * s, (y + h) * s], outline=colour, width=2)
+            draw.text((x * s + 2, y * s + 2), f"{score:.2f}", fill=colour)
+        draw.text((4, 4), name, fill=(255, 255, 255))
+        tiles.append(image)
+    cols = min(3, max(1, len(tiles)))
+    rows = [tiles[i:i + cols] for i in range(0, len(tiles), cols)]
+    heights = [max(t.height for t in row) for row in rows]
+    m = result["models"][kind]
+    header = 28
+    sheet = Image.new("RGB", (cols * tile, header + sum(heights)), (255, 255, 255))
+    ImageDraw.Draw(sheet).text((6, 8), f"{kind} {m['version']}: precision {m['precision']:.2f}, recall {m['recall']:.2f}, "
+                                       f"AP {m['average_precision']:.2f} at IoU 0.5; green: true faces, blue: found, "
+                                       f"red: false alarms", fill=(0, 0, 0))
+    top = header
+    for row, height in zip(rows, heights):
+        for i, t in enumerate(row):
+            sheet.paste(t, (i * tile, top))
+        top += height
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path

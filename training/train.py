@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from training.augment import augment
+from training.augment import augment, misframe
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data.h5 import H5Source
@@ -103,9 +103,21 @@ def epoch_batches(rng: np.random.Generator, faces: np.ndarray, non_faces: np.nda
 # One step
 
 
-def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
-    """The batch's own non-faces are the real scenes that zoomed-out faces and occluders are cut from."""
-    return augment(x, cfg, gen, backgrounds=x[y == 0]) if cfg.augment else x
+def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (images, labels): the batch augmented, plus --misframed of its faces added again as non-faces, seen
+    off-centre, too small or too large (augment.misframe), so that only a well-framed window scores as a face
+    when the localiser scans a photo. The batch's own non-faces are the real scenes that zoomed-out faces and
+    occluders are cut from."""
+    if not cfg.augment:
+        return x, y
+    backgrounds = x[y == 0]
+    faces = x[y == 1]
+    extra = faces[: round(cfg.misframed * len(faces))]
+    if len(extra):
+        x = torch.cat([x, misframe(extra, gen, backgrounds)])
+        y = torch.cat([y, y.new_zeros(len(extra))])
+    return augment(x, cfg, gen, backgrounds=backgrounds), y
 
 
 def train_step(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -183,7 +195,7 @@ def train_epoch(run: Run, epoch: int, p: np.ndarray) -> dict[str, float]:
         for group in run.opt.param_groups:
             group["lr"] = learning_rate(cfg, (epoch * run.steps + step) / (cfg.epochs * run.steps))
         x, y = as_input(images, run.device), y.to(run.device)
-        losses = train_step(run.kind, run.model, run.opt, augment_batch(x, y, cfg, run.gen), y, cfg)
+        losses = train_step(run.kind, run.model, run.opt, *augment_batch(x, y, cfg, run.gen), cfg)
         for k in ("loss", "bce", "kl", "recon"):
             if k in losses:
                 sums[k] = sums.get(k, 0.0) + losses[k].item()

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from service.problems import ProblemError
 from service.schemas import Problem
 
 API_PREFIX = "/v1"
@@ -26,6 +27,21 @@ UPLOAD_PROBLEMS: dict[int | str, dict] = {
     503: {"model": Problem, "description": "Overloaded (see Retry-After) or not ready",
           "content": {"application/problem+json": {}}},
 }
+
+
+BOX_PATTERN = r"^\d{1,6},\d{1,6},\d{1,6},\d{1,6}$"
+BOX_HELP = ("x,y,width,height of the face to use, in px of the image after EXIF orientation; default: the largest "
+            "face found, else (a crop, or no face found) the centre square")
+
+
+def parse_box(text: str | None, name: str) -> tuple[int, int, int, int] | None:
+    """'x,y,w,h' (already matched against BOX_PATTERN) -> a box with a positive size, or a 422."""
+    if text is None:
+        return None
+    x, y, w, h = (int(v) for v in text.split(","))
+    if w < 1 or h < 1:
+        raise ProblemError(422, "validation-error", "Invalid request", f"{name}: width and height must be >= 1")
+    return x, y, w, h
 
 
 def post_versioned(router: APIRouter, path: str, **kwargs: Any) -> Callable[[Callable], Callable]:

@@ -31,5 +31,6 @@ async def list_models(pipeline: PipelineDep) -> ModelsResponse:
                                     warmed_batch_sizes=g.warmed_batch_sizes) for role, g in graphs.items()},
         ))
     return ModelsResponse(input=runtime.manifest.input, latent_dim=runtime.manifest.latent_dim,
+                          localiser=runtime.manifest.localiser,
                           requested_providers=settings.providers,
                           available_providers=ort.get_available_providers(), models=models)

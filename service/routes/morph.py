@@ -8,8 +8,8 @@ from fastapi import APIRouter, File, Query, Request, Response, UploadFile
 
 from service.pipeline import MorphFormat, Pipeline
 from service.problems import ProblemError
-from service.routes import UPLOAD_PROBLEMS, post_versioned
-from service.schemas import MorphFrames
+from service.routes import BOX_HELP, BOX_PATTERN, UPLOAD_PROBLEMS, parse_box, post_versioned
+from service.schemas import Box, FaceUsed, MorphFrames
 from service.uploads import read
 
 router = APIRouter(tags=["inference"])
@@ -28,17 +28,24 @@ async def morph(
     steps: Annotated[int, Query(description="Frames, a and b included (2..FACEDET_MAX_MORPH_STEPS)",
                                 openapi_examples={"default": {"value": 8}})] = 8,
     format: Annotated[MorphFormat, Query(description="png strip, animated gif or json")] = "png",
+    box_a: Annotated[str | None, Query(pattern=BOX_PATTERN, description="a's face: " + BOX_HELP)] = None,
+    box_b: Annotated[str | None, Query(pattern=BOX_PATTERN, description="b's face: " + BOX_HELP)] = None,
 ) -> Response | MorphFrames:
     pipeline: Pipeline = request.app.state.pipeline
     limit = pipeline.settings.max_morph_steps
     if not 2 <= steps <= limit:
         raise ProblemError(422, "validation-error", "Invalid request", f"steps: must be between 2 and {limit}, got {steps}")
+    face_a, face_b = parse_box(box_a, "box_a"), parse_box(box_b, "box_b")
     async with pipeline.admission.admit():
         payload_a, payload_b = await read(a, "a"), await read(b, "b")
-        content, distance = await pipeline.morph(payload_a, payload_b, steps, format)
+        content, distance, (choice_a, choice_b) = await pipeline.morph(payload_a, payload_b, steps, format,
+                                                                       face_a, face_b)
     version = pipeline.runtime.manifest.models["dbvae"].version
     if isinstance(content, list):
         return MorphFrames(model_version=version, steps=steps, size=pipeline.size, latent_distance=distance,
-                           frames=content)
+                           frames=content, box_a=FaceUsed(box=Box.from_tuple(choice_a.box), source=choice_a.source),
+                           box_b=FaceUsed(box=Box.from_tuple(choice_b.box), source=choice_b.source))
     return Response(content, media_type=MEDIA[format],
-                    headers={"X-Model-Version": version, "X-Latent-Distance": f"{distance:.6g}"})
+                    headers={"X-Model-Version": version, "X-Latent-Distance": f"{distance:.6g}",
+                             "X-Face-Box-A": choice_a.header(), "X-Face-Source-A": choice_a.source,
+                             "X-Face-Box-B": choice_b.header(), "X-Face-Source-B": choice_b.source})

@@ -97,6 +97,25 @@ def dbvae(rng: np.random.Generator) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     return encoder, _model(dec_nodes, dec_in, dec_out, dec, "dbvae_decoder")
 
 
+def scanner(name: str) -> onnx.ModelProto:
+    """A scan graph that honours the contract (image [N, 3, H, W] -> logit_map [N, H/16-3, W/16-3]): one 64x64
+    conv at stride 16 that scores a window by how bright it is all over, logit = 60 (mean - 0.9). A bright
+    square exactly filling a window scores sigmoid(6) = 0.998; the same window moved by 16 px off it, or a
+    window around a smaller square, scores below 0.001: a detector whose right answer a test can state."""
+    w = np.full((1, 3, SIZE, SIZE), 60.0 / (3 * SIZE * SIZE), np.float32)
+    inits = {"w_scan": w, "b_scan": np.array([-54.0], np.float32), "axes": np.array([1], np.int64)}
+    nodes = [helper.make_node("Conv", ["image", "w_scan", "b_scan"], ["c"], strides=[16, 16]),
+             helper.make_node("Squeeze", ["c", "axes"], ["logit_map"])]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    out = [helper.make_tensor_value_info("logit_map", TensorProto.FLOAT, ["N", "h", "w"])]
+    return _model(nodes, [image], out, inits, name)
+
+
+# min_face_size 64: the fixture scanner's bright squares are found at the first pyramid level, at scale 1.
+LOCALISER = {"window": SIZE, "stride": 16, "scale_step": 2 ** 0.25, "min_face_size": 64, "nms_iou": 0.3,
+             "threshold": 0.9, "max_faces": 100, "crop_max_side": 2 * SIZE}
+
+
 def write_manifest(models_dir: Path, *, thresholds: tuple[float, float] = (0.5, 0.5), **overrides) -> dict:
     """manifest.json for whatever .onnx files are in models_dir, hashed as they are now."""
     files = {p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "bytes": p.stat().st_size}
@@ -109,11 +128,14 @@ def write_manifest(models_dir: Path, *, thresholds: tuple[float, float] = (0.5, 
                   "preprocess": ["decode_jpeg_draft_2x", "exif_transpose", "to_rgb", "centre_square_crop",
                                  "resize_bilinear_64", "scale_1_255"]},
         "latent_dim": LATENT_DIM,
+        "localiser": LOCALISER,
         "models": {
-            "cnn": {"version": "cnn-test0001", "threshold": thresholds[0], "graphs": {"classifier": "cnn.onnx"},
+            "cnn": {"version": "cnn-test0001", "threshold": thresholds[0],
+                    "graphs": {"classifier": "cnn.onnx", "scanner": "cnn_scan.onnx"},
                     "metrics": {"val": {"accuracy": 0.5, "roc_auc": 0.5}}},
             "dbvae": {"version": "dbvae-test0001", "threshold": thresholds[1],
-                      "graphs": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx"},
+                      "graphs": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx",
+                                 "scanner": "dbvae_scan.onnx"},
                       "metrics": {"val": {"accuracy": 0.5, "roc_auc": 0.5}}},
         },
         "files": files,
@@ -131,7 +153,8 @@ def build_models(models_dir: Path, seed: int = 0) -> Path:
     models_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     encoder, decoder = dbvae(rng)
-    for name, model in (("cnn.onnx", cnn(rng)), ("dbvae_encoder.onnx", encoder), ("dbvae_decoder.onnx", decoder)):
+    for name, model in (("cnn.onnx", cnn(rng)), ("dbvae_encoder.onnx", encoder), ("dbvae_decoder.onnx", decoder),
+                        ("cnn_scan.onnx", scanner("cnn_scan")), ("dbvae_scan.onnx", scanner("dbvae_scan"))):
         onnx.save(model, models_dir / name)
     write_manifest(models_dir)
     return models_dir

@@ -34,7 +34,7 @@ SKIMAGE_PICTURES = ("brick", "cell", "chelsea", "clock", "coffee", "coins", "col
                     "page", "retina", "rocket", "text", "checkerboard")
 
 
-def _natural_pictures() -> list[np.ndarray]:
+def natural_pictures() -> list[np.ndarray]:
     import skimage.data
     from sklearn.datasets import load_sample_images
 
@@ -48,7 +48,7 @@ def _natural_pictures() -> list[np.ndarray]:
     return pictures
 
 
-def _low_res(img: Image.Image) -> np.ndarray:
+def low_res(img: Image.Image) -> np.ndarray:
     """Any crop -> the LFW subset's look: 25x25 grey, then the canonical 64x64 RGB."""
     small = img.convert("L").resize((LFW_SIZE, LFW_SIZE), Image.Resampling.BILINEAR)
     return prepare(small, IMAGE_SIZE)
@@ -62,7 +62,7 @@ def random_crops(pictures: list[np.ndarray], n: int, rng: np.random.Generator) -
         w, h = pic.size
         side = int(rng.integers(min(24, w, h), min(w, h) + 1))  # from small details to the whole picture
         x, y = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        out[i] = _low_res(pic.crop((x, y, x + side, y + side)))
+        out[i] = low_res(pic.crop((x, y, x + side, y + side)))
     return out
 
 
@@ -72,7 +72,7 @@ def build_builtin(path: Path, extra_non_faces: int = EXTRA_NON_FACES, seed: int 
     lfw = np.asarray(skimage.data.lfw_subset())  # [200, 25, 25]: LFW_FACES faces, then as many background patches
     lfw = (np.clip(lfw, 0, 1) * 255).round().astype(np.uint8) if lfw.dtype != np.uint8 else lfw
     lfw_rgb = np.stack([prepare(Image.fromarray(a, "L")) for a in lfw])
-    crops = random_crops(_natural_pictures(), extra_non_faces, np.random.default_rng(seed))
+    crops = random_crops(natural_pictures(), extra_non_faces, np.random.default_rng(seed))
     labels = np.r_[np.ones(LFW_FACES), np.zeros(len(lfw) - LFW_FACES + extra_non_faces)]
     with H5Writer(path) as w:
         w.append(np.concatenate([lfw_rgb, crops]), labels)

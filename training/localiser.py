@@ -1,0 +1,204 @@
+"""The localiser: find every face in a photo with our own trained networks (OverFeat-style scanning).
+
+A trained classifier (the CNN, or the DB-VAE's encoder with its face logit) looks at one 64x64 window. Its
+conv blocks halve the size four times (64 -> 4), and its dense head reads the last 4x4x72 map. Rewritten as
+convolutions - the first dense layer as a 4x4 conv, the face-logit row of the second as a 1x1 conv - the same
+weights score every 64x64 window of a larger image at a stride of 16 px in one run: a logit map
+[N, H/16 - 3, W/16 - 3]. An image pyramid (each level 2^(1/4) smaller) brings every face size to 64 px, then
+overlapping hits are merged by non-maximum suppression, each kept box averaged with the boxes it suppressed
+(weighted by score), as Viola-Jones and MTCNN merge theirs.
+
+At one 64x64 window the scan graph is exactly the classifier (export checks it to 1e-4); inside a larger image
+a window also sees its neighbours through the convs' padding, so its score is close to, not equal to, the
+crop's. The service re-implements `locate` in service/localiser.py (tests/test_localiser.py compares both).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from PIL import Image
+from torch import nn
+
+from training.contract import GRAPH_IO, IMAGE_SIZE
+from training.metrics import sigmoid
+from training.model import DBVAE, FaceCNN
+
+STRIDE = 16  # 2^4: four stride-2 conv blocks
+@dataclass(frozen=True)
+class LocaliserConfig:
+    """How a photo is scanned; written to the manifest ("localiser") and read by the service."""
+
+    window: int = IMAGE_SIZE  # px: the networks' input
+    stride: int = STRIDE  # px between windows at one pyramid level
+    scale_step: float = 2 ** 0.25  # each pyramid level this much smaller
+    min_face_size: int = 40  # px in the photo: the first level is scaled by window / min_face_size
+    nms_iou: float = 0.3  # boxes overlapping a better one by more than this are merged into it
+    threshold: float = 0.9  # a window is a face from this probability on
+    max_faces: int = 100
+    crop_max_side: int = 2 * IMAGE_SIZE  # an image no larger than this is a crop: one box, the centre square
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# The scan network
+
+
+class ScanNet(nn.Module):
+    """A trained FaceCNN or DBVAE as a fully convolutional face-logit map: image [N, 3, H, W] (H, W multiples
+    of 16, at least 64) -> logit [N, H/16 - 3, W/16 - 3]; entry (i, j) scores the window at (16 j, 16 i)."""
+
+    def __init__(self, model: FaceCNN | DBVAE):
+        super().__init__()
+        net = model.net if isinstance(model, FaceCNN) else model.encoder
+        layers = list(copy.deepcopy(net).eval())
+        flatten = next(i for i, m in enumerate(layers) if isinstance(m, nn.Flatten))
+        dense, head = [m for m in layers[flatten:] if isinstance(m, nn.Linear)]
+        channels, side = model.cfg.filters[-1], model.cfg.feature_size  # 72, 4
+        self.features = nn.Sequential(*layers[:flatten])  # front end + conv blocks: [N, 72, H/16, W/16]
+        self.dense = nn.Conv2d(channels, dense.out_features, side)  # the 1152 -> 512 layer, as a 4x4 conv
+        self.head = nn.Conv2d(dense.out_features, 1, 1)  # row 0 of the last layer: the face logit
+        with torch.no_grad():
+            # Flatten orders [C, 4, 4] as c * 16 + y * 4 + x, which is exactly a [out, C, 4, 4] conv kernel.
+            self.dense.weight.copy_(dense.weight.view(dense.out_features, channels, side, side))
+            self.dense.bias.copy_(dense.bias)
+            self.head.weight.copy_(head.weight[:1].view(1, -1, 1, 1))
+            self.head.bias.copy_(head.bias[:1])
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.dense(self.features(image)))  # [N, 512, H/16 - 3, W/16 - 3]
+        return self.head(h).squeeze(1)  # [N, H/16 - 3, W/16 - 3]
+
+
+def export_scanner(model: FaceCNN | DBVAE, path: Path, seed: int = 0) -> float:
+    """Export the scan graph with dynamic batch, height and width; -> the worst parity error: against the
+    trained model on single 64x64 windows, and against ScanNet in PyTorch on larger images."""
+    from training.export import PARITY_ATOL, ParityError, export_graph, for_export
+
+    def window_logit(x: torch.Tensor) -> torch.Tensor:  # the trained classifier on 64x64 windows -> [N, 1, 1]
+        out = model(x) if isinstance(model, FaceCNN) else model.encode(x)[0]
+        return out.view(-1, 1, 1)
+
+    name_in, names_out = GRAPH_IO["scanner"]
+    model = model.eval()
+    worst = export_graph(ScanNet(for_export(model)), torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE), path, name_in,
+                         list(names_out), (1, 3), seed, reference=window_logit, spatial_multiple=STRIDE)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(seed)
+    for shape in ((1, 3, 64, 112), (2, 3, 160, 96)):  # whole logit maps, against the unfolded ScanNet
+        x = torch.rand(shape, generator=g)
+        with torch.no_grad():
+            expected = ScanNet(model).eval()(x).numpy()
+        got = session.run(list(names_out), {name_in: x.numpy()})[0]
+        if got.shape != expected.shape:
+            raise ParityError(f"{path}: logit map {got.shape}, PyTorch gives {expected.shape}")
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > PARITY_ATOL:
+        raise ParityError(f"{path}: scan graph differs from PyTorch by {worst:.2e} (> {PARITY_ATOL:.0e})")
+    return worst
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating faces with an exported scan graph (ONNX Runtime): pyramid, scan, merge
+
+
+def pyramid(width: int, height: int, cfg: LocaliserConfig, min_face: int | None = None) -> list[float]:
+    """Scale factors photo -> level: the first brings `min_face` px to the window, each next one is
+    cfg.scale_step smaller, down to the level where the shorter side still holds one window."""
+    scale, scales = cfg.window / (min_face or cfg.min_face_size), []
+    while min(width, height) * scale >= cfg.window:
+        scales.append(scale)
+        scale /= cfg.scale_step
+    return scales
+
+
+def level_input(image: Image.Image, scale: float, stride: int) -> np.ndarray:
+    """The photo resized by `scale` and padded (edge pixels repeated) to multiples of `stride`:
+    float32 [1, 3, H, W] in [0, 1]."""
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    arr = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / np.float32(255.0)
+    pad_h, pad_w = -h % stride, -w % stride
+    arr = np.pad(arr, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
+
+
+def windows(logits: np.ndarray, scale: float, cfg: LocaliserConfig, floor: float) -> np.ndarray:
+    """A level's logit map [h', w'] -> [K, 5] boxes (x, y, width, height in photo px, probability) of the windows
+    scoring at least `floor`."""
+    p = sigmoid(logits)
+    i, j = np.nonzero(p >= floor)
+    side = cfg.window / scale
+    return np.stack([j * cfg.stride / scale, i * cfg.stride / scale, np.full(len(i), side), np.full(len(i), side),
+                     p[i, j]], axis=1) if len(i) else np.zeros((0, 5))
+
+
+def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """IoU of one box (x, y, w, h, ...) with each of boxes [K, >=4]."""
+    x0, y0 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2])
+    y1 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
+
+
+def merge(boxes: np.ndarray, nms_iou: float, max_faces: int) -> np.ndarray:
+    """Non-maximum suppression, best first; each kept box becomes the score-weighted mean of itself and the
+    boxes it suppressed, and keeps its own score. [K, 5] -> [M, 5], highest score first."""
+    order = boxes[np.argsort(-boxes[:, 4], kind="stable")]
+    kept = []
+    while len(order) and len(kept) < max_faces:
+        overlap = iou(order[0], order)
+        group = order[overlap > nms_iou]  # includes order[0] itself (IoU 1)
+        w = group[:, 4:5] + 1e-12  # a score can underflow to 0
+        kept.append(np.r_[(group[:, :4] * w).sum(0) / w.sum(), order[0, 4]])
+        order = order[overlap <= nms_iou]
+    return np.array(kept).reshape(-1, 5)
+
+
+def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boxes [M, 5] -> integer pixel boxes inside the photo, [M, 5] (x, y, w, h, probability)."""
+    out = boxes.copy()
+    x0, y0 = np.clip(np.rint(boxes[:, 0]), 0, width - 1), np.clip(np.rint(boxes[:, 1]), 0, height - 1)
+    x1 = np.clip(np.rint(boxes[:, 0] + boxes[:, 2]), x0 + 1, width)
+    y1 = np.clip(np.rint(boxes[:, 1] + boxes[:, 3]), y0 + 1, height)
+    out[:, 0], out[:, 1], out[:, 2], out[:, 3] = x0, y0, x1 - x0, y1 - y0
+    return out
+
+
+class Localiser:
+    """One exported scan graph and the config to run it: `locate(image)` -> faces in the photo's pixels."""
+
+    def __init__(self, scan_graph, cfg: LocaliserConfig, threads: int = 0):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(scan_graph), options, providers=["CPUExecutionProvider"])
+        self.cfg = cfg
+
+    def logit_map(self, x: np.ndarray) -> np.ndarray:
+        name_in, (name_out,) = GRAPH_IO["scanner"]
+        return self.session.run([name_out], {name_in: x})[0][0]
+
+    def locate(self, image: Image.Image, threshold: float | None = None, min_face: int | None = None,
+               max_faces: int | None = None) -> np.ndarray:
+        """An RGB photo (EXIF orientation applied) -> [M, 5] (x, y, w, h, probability), best first. A crop no
+        larger than cfg.crop_max_side is one window: its centre square, scored as a whole."""
+        cfg = self.cfg
+        threshold = cfg.threshold if threshold is None else threshold
+        w, h = image.size
+        if max(w, h) <= cfg.crop_max_side:
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            square = image.crop((left, top, left + side, top + side))
+            p = float(sigmoid(self.logit_map(level_input(square, cfg.window / side, cfg.stride))[0, 0]))
+            return np.array([[left, top, side, side, p]]) if p >= threshold else np.zeros((0, 5))
+        found = [windows(self.logit_map(level_input(image, s, cfg.stride)), s, cfg, threshold)
+                 for s in pyramid(w, h, cfg, min_face)]
+        boxes = np.concatenate(found) if found else np.zeros((0, 5))
+        return clip_boxes(merge(boxes, cfg.nms_iou, max_faces or cfg.max_faces), w, h)
