@@ -30,6 +30,8 @@ from training.metrics import sigmoid
 from training.model import DBVAE, FaceCNN
 
 STRIDE = 16  # 2^4: four stride-2 conv blocks
+
+
 @dataclass(frozen=True)
 class LocaliserConfig:
     """How a photo is scanned; written to the manifest ("localiser") and read by the service."""
