@@ -23,10 +23,13 @@ class Found:
     best: float  # the highest face probability of any window looked at
 
 
-def pyramid(width: int, height: int, cfg: Localiser, min_face: int) -> list[float]:
+def pyramid(width: int, height: int, cfg: Localiser, min_face: int, max_pixels: int | None = None) -> list[float]:
     """Scale factors photo -> level: min_face px to one window first, then cfg.scale_step smaller each time,
-    while the shorter side still holds a window."""
+    while the shorter side still holds a window. With max_pixels, no level holds more pixels than that: a huge
+    photo is scanned for larger faces only, so its memory stays bounded (FACEDET_MAX_SCAN_PIXELS)."""
     scale, scales = cfg.window / min_face, []
+    if max_pixels is not None:
+        scale = min(scale, (max_pixels / (width * height)) ** 0.5)
     while min(width, height) * scale >= cfg.window:
         scales.append(scale)
         scale /= cfg.scale_step
@@ -82,12 +85,12 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def locate(runtime: Runtime, model: str, image: Image.Image, threshold: float, min_face: int,
-           max_faces: int) -> Found:
+           max_faces: int, max_pixels: int | None = None) -> Found:
     """Every face in an RGB photo (EXIF orientation applied), in its own pixels."""
     cfg = runtime.manifest.localiser
     w, h = image.size
     found, best = [], 0.0
-    for scale in pyramid(w, h, cfg, min_face):
+    for scale in pyramid(w, h, cfg, min_face, max_pixels):
         prob = sigmoid(runtime.scan(model, level_input(image, scale, cfg.stride)))
         best = max(best, float(prob.max(initial=0.0)))
         found.append(windows(prob, scale, cfg, threshold))

@@ -137,7 +137,7 @@ class Pipeline:
         photo, factor = decode_photo(data, max_pixels=self.settings.max_image_pixels,
                                      smallest=min(1.0, cfg.window / min_face), label=label)
         found = locate(self.runtime, model, photo, threshold, max(1, round(min_face / factor)),
-                       ask.max_faces or cfg.max_faces)
+                       ask.max_faces or cfg.max_faces, self.settings.max_scan_pixels)
         boxes = found.boxes.copy()
         boxes[:, :4] *= factor
         return Answer(found.best, threshold, clip_boxes(boxes, *size))
@@ -191,7 +191,8 @@ class Pipeline:
             choice = FaceChoice(centre_box(w, h), "centre")
         else:
             cfg = self.runtime.manifest.localiser
-            found = locate(self.runtime, "dbvae", photo, cfg.threshold, cfg.min_face_size, cfg.max_faces).boxes
+            found = locate(self.runtime, "dbvae", photo, cfg.threshold, cfg.min_face_size, cfg.max_faces,
+                           self.settings.max_scan_pixels).boxes
             if len(found):
                 x, y, bw, bh, _ = found[np.argmax(found[:, 2] * found[:, 3])]
                 choice = FaceChoice((int(x), int(y), int(bw), int(bh)), "found")

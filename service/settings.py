@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(50_000_000, ge=64 * 64, le=Image.MAX_IMAGE_PIXELS)
     max_images_per_request: int = Field(16, ge=1, le=256)
     max_morph_steps: int = Field(32, ge=2, le=256)
+    # The largest pyramid level /detect scans, in pixels (its float32 copy and the first conv's activations are
+    # what a photo costs): a photo that would need more is scanned for larger faces only. 8 M lets a 1920x1280
+    # photo be searched for 40 px faces (level 0 is 1.6x: 6.3 M pixels).
+    max_scan_pixels: int = Field(8_000_000, ge=64 * 64, le=100_000_000)
     # /detect requests whose images hold at most this many pixels together (64 x 64: the model's own input
     # size) are decoded and classified on the event loop: cheaper than the hand-off to a worker thread and
     # back (bench/load.py). Larger ones use the pool. 0: always the pool.

@@ -226,3 +226,27 @@ def test_the_scan_network_is_the_classifier_on_one_window_and_a_map_on_more() ->
             expected = model(x) if isinstance(model, FaceCNN) else model.encode(x)[0]
             torch.testing.assert_close(scan(x)[:, 0, 0], expected, rtol=1e-4, atol=1e-5)
             assert scan(torch.rand(2, 3, 128, 96)).shape == (2, 5, 3)  # (128/16 - 3) x (96/16 - 3) windows
+
+
+def test_a_huge_photo_is_scanned_within_the_pixel_budget() -> None:
+    from service.localiser import pyramid
+    from service.schemas import Localiser
+    from tests.utils.models import LOCALISER
+
+    cfg = Localiser(**LOCALISER)
+    free = pyramid(7000, 7000, cfg, 40)
+    capped = pyramid(7000, 7000, cfg, 40, max_pixels=8_000_000)
+    assert free[0] == pytest.approx(64 / 40)  # 11,200 x 11,200 px at the first level: 125 M pixels
+    assert 7000 * 7000 * capped[0] ** 2 == pytest.approx(8_000_000)
+    assert all(7000 * 7000 * s ** 2 <= 8_000_000 * (1 + 1e-9) for s in capped)
+    assert pyramid(1920, 1280, cfg, 40, max_pixels=8_000_000)[0] == pytest.approx(64 / 40)  # not capped
+
+
+def test_the_scan_budget_setting_bounds_what_detect_scans(make_settings) -> None:
+    from service.main import create_app
+
+    photo = encode(squares_photo(), "PNG")  # 640 x 480: at min_face_size 64, level 0 is 307,200 pixels
+    with TestClient(create_app(make_settings(max_scan_pixels=100_000))) as small:
+        # Capped at 100,000 pixels, level 0 is 0.57x: the 64 px squares are 37 px there, no window fits them.
+        assert faces_of(small.post("/v1/detect", files={"image": ("p.png", photo)})) == []
+    assert make_settings().max_scan_pixels == 8_000_000
