@@ -66,7 +66,25 @@ def open_image(data: bytes, *, max_pixels: int, label: str = "image") -> Image.I
         im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
         if im.width * im.height > max_pixels:
             raise _too_many_pixels(label, im.width, im.height, max_pixels)
+        unit = tiff_decode_unit(im)
+        if unit is not None and unit[0] * unit[1] > max_pixels:
+            # libtiff decodes a whole tile (or strip) at a time, however small the image it declares: a 64x64
+            # TIFF holding one 16384x16384 tile is a decompression bomb of 268 M pixels per band.
+            raise ProblemError(413, "image-too-large", "Image too large",
+                               f"{label}: a TIFF {unit[0]}x{unit[1]} tile or strip exceeds the {max_pixels}-pixel "
+                               "limit (FACEDET_MAX_IMAGE_PIXELS)")
         return im
+
+
+def tiff_decode_unit(im: Image.Image) -> tuple[int, int] | None:
+    """(width, height) of the block a TIFF is decoded by: its tile, or a strip of RowsPerStrip rows; None for
+    other formats."""
+    if im.format != "TIFF":
+        return None
+    tags = im.tag_v2
+    if 322 in tags and 323 in tags:  # TileWidth, TileLength
+        return int(tags[322]), int(tags[323])
+    return im.width, min(int(tags.get(278, im.height)), 2 ** 32)  # RowsPerStrip (default: the whole image)
 
 
 def load(im: Image.Image, *, size: int, label: str = "image") -> np.ndarray:
