@@ -257,6 +257,14 @@ def manifest_markdown(manifest: dict) -> str:
     for kind, entry in manifest["models"].items():
         val = entry["metrics"]["val"]
         lines.append(f"| {kind} | `{entry['version']}` | " + " | ".join(f"{val[c]:.3f}" for c in METRIC_COLUMNS) + " |")
+    rec = manifest["models"].get("dbvae", {}).get("metrics", {}).get("val", {}).get("reconstruction")
+    if rec and rec.get("faces"):
+        lines += ["", f"DB-VAE reconstructions decode(μ) of the {rec['faces']} held-out faces (`training/reconstruction.py`): "
+                  f"PSNR {rec['psnr_db']:.1f} dB and SSIM {rec['ssim']:.3f} (the mean face: {rec['mean_face_psnr_db']:.1f} dB, "
+                  f"{rec['mean_face_ssim']:.3f}); correlation with its own face {rec['correlation_own']:.2f}, with the others "
+                  f"{rec['correlation_others']:.2f}; closest to its own face for {rec['identified_top1']:.0%} (top 5: "
+                  f"{rec['identified_top5']:.0%}; chance {rec['chance_top1']:.0%}); both morph ends identified for "
+                  f"{rec['morph_ends_identified']:.0%} of pairs."]
     return "\n".join(lines) + "\n"
 
 

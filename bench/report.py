@@ -39,6 +39,7 @@ from training.environment import environment  # noqa: E402
 from training.evaluation import evaluate_models  # noqa: E402
 from training.manifest import load_manifest  # noqa: E402
 from training.metrics import binary_metrics, sigmoid  # noqa: E402
+from training.reconstruction import summary  # noqa: E402
 from training.reporting import group_chart  # noqa: E402
 from training.resampling import sampling_probabilities  # noqa: E402
 
@@ -154,9 +155,14 @@ def reconstructions(enc, dec, faces: np.ndarray, out: Path, footer: str) -> Path
     _, mu, _ = enc.run(["logit", "mu", "logvar"], {"image": to_model_input(faces)})
     recon = dec.run(["image"], {"z": mu})[0].transpose(0, 2, 3, 1)  # decode the mean: no sampling noise
     pairs = [im for pair in zip(faces.astype(np.float32) / 255.0, recon) for im in pair]
-    fig, ax = plt.subplots(figsize=(9, 9 * int(np.ceil(len(pairs) / 8)) / 8 + 1.2))
+    r = summary(faces.astype(np.float32) / 255.0, np.clip(recon, 0, 1))
+    fig, ax = plt.subplots(figsize=(9, 9 * int(np.ceil(len(pairs) / 8)) / 8 + 1.6))
     image_grid(ax, np.stack(pairs), 8)
-    ax.set_title("validation faces (left of each pair) and DB-VAE reconstructions decode(mu) (right)", fontsize=10)
+    ax.set_title("validation faces (left of each pair) and DB-VAE reconstructions decode(mu) (right)\n"
+                 f"PSNR {r['psnr_db']:.1f} dB (mean face {r['mean_face_psnr_db']:.1f}), SSIM {r['ssim']:.2f} "
+                 f"(mean face {r['mean_face_ssim']:.2f}), own-face correlation {r['correlation_own']:.2f} vs others "
+                 f"{r['correlation_others']:.2f}, identified top-1 {r['identified_top1']:.0%} (chance "
+                 f"{r['chance_top1']:.0%}), morph ends {r['morph_ends_identified']:.0%}", fontsize=8)
     return save(fig, out, "reconstructions.png", footer)
 
 

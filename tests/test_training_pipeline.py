@@ -47,6 +47,11 @@ def test_exports_follow_the_contract(trained):
         data = (models / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == meta["sha256"] and len(data) == meta["bytes"]
     assert manifest["data"]["mined_non_faces"][0] > 0  # one round of hard negatives, by default
+    rec = manifest["models"]["dbvae"]["metrics"]["val"]["reconstruction"]  # the exported graphs, scored
+    assert rec["faces"] == 20 and 0 < rec["ssim"] <= 1 and rec["psnr_db"] > 0 and rec["chance_top1"] == 0.05
+    per_epoch = [h["val"]["reconstruction"] for h in manifest["models"]["dbvae"]["metrics"]["history"]]
+    assert len(per_epoch) == 3 and all(0 <= e["identified_top1"] <= 1 for e in per_epoch)
+    assert "reconstruction" not in manifest["models"]["cnn"]["metrics"]["val"]
     assert manifest["localiser"]["window"] == 64 and manifest["localiser"]["stride"] == 16
     signatures = {"cnn.onnx": (["image"], ["logit"]),
                   "dbvae_encoder.onnx": (["image"], ["logit", "mu", "logvar"]),

@@ -19,7 +19,13 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator, device) -> torch.
 
 def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
             backgrounds: torch.Tensor | None = None) -> torch.Tensor:
-    """x: float [N, 3, H, W] in [0, 1] -> augmented copy, same shape and range.
+    """x: float [N, 3, H, W] in [0, 1] -> augmented copy, same shape and range: geometry, then appearance."""
+    return appearance(geometry(x, cfg, g, backgrounds), cfg, g, backgrounds)
+
+
+def geometry(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
+             backgrounds: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate, scale, shift and flip: the face as framed, before anything covers or recolours it.
 
     Zooming out or rotating uncovers area outside the source image. With `backgrounds` ([M, 3, H, W]
     non-face images) that area shows a real scene, so a zoomed-out face sits in a real surrounding the way
@@ -34,11 +40,16 @@ def augment(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
                          torch.stack([sin * flip, cos, ty], 1)], 1)  # [N, 2, 3]
-    x = _warp(x, theta, backgrounds, g)
+    return _warp(x, theta, backgrounds, g)
+
+
+def appearance(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
+               backgrounds: torch.Tensor | None = None) -> torch.Tensor:
+    """Occluders cut from real scenes, then per-channel gain (colour), grey, contrast around the mean,
+    brightness and pixel noise."""
+    n, dev = x.shape[0], x.device
     if backgrounds is not None and len(backgrounds) and cfg.occlude > 0:
         x = _occlude(x, backgrounds, cfg.occlude, g)
-
-    # Photometric: per-channel gain (colour), grey, contrast around the mean, brightness.
     gains = 1 + (torch.rand(n, 3, 1, 1, generator=g, device=dev) * 2 - 1) * cfg.colour
     x = x * gains
     luma = (x * GREY.to(dev).view(1, 3, 1, 1)).sum(1, keepdim=True)  # [N, 1, H, W]

@@ -80,6 +80,8 @@ class TrainConfig:
     grey: float = opt(0.2, "probability of turning an image grey (both classes alike)")
     occlude: float = opt(0.3, "probability of covering a random 5-25% rectangle with a real scene")
     noise: float = opt(0.03, "standard deviation of additive Gaussian pixel noise")
+    recon_target: str = opt("augmented", "what the DB-VAE decoder reconstructs: augmented (the input itself) | "
+                                         "clean (the face as framed, without occluders, colour changes and noise)")
     misframed: float = opt(0.5, "share of each batch's faces added again as non-faces, off-centre, too small or "
                                 "too large, so only well-framed windows score high when a photo is scanned")
 
@@ -113,6 +115,8 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError("--lr-schedule must be cosine or constant")
+        if self.recon_target not in ("augmented", "clean"):
+            raise ValueError("--recon-target must be augmented or clean")
         if self.mine_rounds < 0:
             raise ValueError("--mine-rounds must be >= 0")
         if not 0 <= self.misframed <= 1:

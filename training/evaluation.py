@@ -40,8 +40,28 @@ def evaluate_models(models_dir: Path, models: dict, source: H5Source, indices: n
         metrics = binary_metrics(y, prob, threshold)
         if source.groups is not None and source.group_names:
             metrics["per_group"] = group_metrics(y, prob, source.groups[indices], source.group_names, threshold)
+        if kind == "dbvae":
+            metrics["reconstruction"] = onnx_reconstruction(models_dir, entry, source, indices)
         result["models"][kind] = {"version": entry.get("version"), "threshold": threshold, **metrics}
     return result
+
+
+def onnx_reconstruction(models_dir: Path, entry: dict, source: H5Source, indices: np.ndarray) -> dict:
+    """The exported DB-VAE's decode(mu) of the evaluated faces (at most reconstruction.MAX_FACES), scored."""
+    from training.reconstruction import MAX_FACES, summary
+
+    faces_idx = indices[source.labels[indices] == 1][:MAX_FACES]
+    if not len(faces_idx):
+        return {"faces": 0}
+    enc = ort.InferenceSession(str(models_dir / entry["graphs"]["encoder"]), providers=["CPUExecutionProvider"])
+    dec = ort.InferenceSession(str(models_dir / entry["graphs"]["decoder"]), providers=["CPUExecutionProvider"])
+    faces, recon = [], []
+    for i in range(0, len(faces_idx), 256):
+        images = source.read(faces_idx[i:i + 256])
+        mu = enc.run(["mu"], {GRAPH_IO["encoder"][0]: to_model_input(images)})[0]
+        recon.append(dec.run(["image"], {GRAPH_IO["decoder"][0]: mu})[0].transpose(0, 2, 3, 1))
+        faces.append(images.astype(np.float32) / 255.0)
+    return summary(np.concatenate(faces), np.clip(np.concatenate(recon), 0, 1))
 
 
 # ---------------------------------------------------------------------------------------------

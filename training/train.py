@@ -20,13 +20,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from training.augment import augment, misframe
+from training.augment import appearance, geometry, misframe
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data.h5 import H5Source
 from training.distributed import Dist
 from training.metrics import binary_metrics
 from training.model import DBVAE, build_model, cnn_loss, dbvae_loss
+from training.reconstruction import MAX_FACES, summary
 from training.resampling import distribution_stats, sampling_probabilities
 
 log = logging.getLogger(__name__)
@@ -104,27 +105,32 @@ def epoch_batches(rng: np.random.Generator, faces: np.ndarray, non_faces: np.nda
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (images, labels): the batch augmented, plus --misframed of its faces added again as non-faces, seen
+                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (images, labels, reconstruction targets): the batch augmented, plus --misframed of its faces added again
+    as non-faces, seen
     off-centre, too small or too large (augment.misframe), so that only a well-framed window scores as a face
     when the localiser scans a photo. The batch's own non-faces are the real scenes that zoomed-out faces and
     occluders are cut from."""
     if not cfg.augment:
-        return x, y
+        return x, y, x
     backgrounds = x[y == 0]
     faces = x[y == 1]
     extra = faces[: round(cfg.misframed * len(faces))]
     if len(extra):
         x = torch.cat([x, misframe(extra, gen, backgrounds)])
         y = torch.cat([y, y.new_zeros(len(extra))])
-    return augment(x, cfg, gen, backgrounds=backgrounds), y
+    framed = geometry(x, cfg, gen, backgrounds)
+    x = appearance(framed, cfg, gen, backgrounds)
+    # --recon-target clean: the decoder is asked for the face as framed, not for the occluders and noise on it.
+    return x, y, (framed if cfg.recon_target == "clean" else x)
 
 
 def train_step(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """Forward, loss, backward, optimiser step on one augmented batch x [B, 3, H, W], labels y [B]."""
+               target: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Forward, loss, backward, optimiser step on one augmented batch x [B, 3, H, W], labels y [B]; the DB-VAE
+    reconstructs `target` [B, 3, H, W]."""
     if kind == "dbvae":
-        losses = dbvae_loss(x, y, *model(x), kl_weight=cfg.kl_weight)
+        losses = dbvae_loss(target, y, *model(x), kl_weight=cfg.kl_weight)
     else:
         losses = cnn_loss(y, model(x))
     opt.zero_grad(set_to_none=True)
@@ -267,16 +273,39 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
     return run.net.eval(), {"history": run.history, "val": val}
 
 
+@torch.no_grad()
+def reconstruction_figures(run: Run, val_idx: np.ndarray) -> dict:
+    """The held-out faces (at most reconstruction.MAX_FACES) against decode(mu) in eval mode."""
+    faces_idx = val_idx[run.source.labels[val_idx] == 1][:MAX_FACES]
+    if not len(faces_idx):
+        return {"faces": 0}
+    was_training = run.net.training
+    run.net.eval()
+    faces, recon = [], []
+    for i in range(0, len(faces_idx), run.cfg.resample_batch):
+        images = torch.from_numpy(run.source.read(faces_idx[i:i + run.cfg.resample_batch]))
+        x = as_input(images, run.device)
+        recon.append(run.net.decode(run.net.encode(x)[1]).permute(0, 2, 3, 1).cpu().numpy())  # [B, H, W, 3]
+        faces.append(images.numpy().astype(np.float32) / 255.0)
+    run.net.train(was_training)
+    return summary(np.concatenate(faces), np.concatenate(recon))
+
+
 def validate(run: Run, val_idx: np.ndarray, record: dict) -> dict:
     """Rank 0: held-out metrics into the epoch's record, a log line, the checkpoint. -> the metrics."""
     cfg = run.cfg
     prob = predict(run.net, run.source, val_idx, run.device, cfg.resample_batch, cfg.workers)
     val = binary_metrics(run.source.labels[val_idx], prob, cfg.threshold)
+    if isinstance(run.net, DBVAE):
+        val["reconstruction"] = reconstruction_figures(run, val_idx)
     record["val"] = val
     extra = ""
     if "resampling" in record:
         r = record["resampling"]
         extra = f" | resampling max/min {r['max_min_ratio']:.1f}, ESS {r['ess_fraction']:.2f}"
+    if "reconstruction" in val:
+        r = val["reconstruction"]
+        extra += f" | recon PSNR {r['psnr_db']:.1f} dB, identified {r['identified_top1']:.2f}"
     log.info("%s epoch %d/%d loss %.4f val balanced acc %.3f auc %.3f%s", run.kind, record["epoch"], cfg.epochs,
              record["loss"], val["balanced_accuracy"], val["roc_auc"], extra)
     save_checkpoint(Path(cfg.checkpoint_dir) / f"{run.kind}.pt", run.kind, run.net, run.opt, cfg, record["epoch"],
