@@ -57,6 +57,14 @@ class Answer:
     faces: np.ndarray | None
 
 
+def frame_distances(frames: np.ndarray) -> list[dict[str, float]]:
+    """Each decoded frame [steps, 3, S, S]'s RMS pixel distance (0..1) to the first frame (a's reconstruction) and
+    to the last (b's): a morph that moves from a to b has the second falling frame by frame."""
+    flat = frames.reshape(len(frames), -1).astype(np.float64)
+    rms = lambda i: np.sqrt(((flat - flat[i]) ** 2).mean(1))  # noqa: E731 - two uses, one line
+    return [{"to_a": float(da), "to_b": float(db)} for da, db in zip(rms(0), rms(-1))]
+
+
 class Pipeline:
     def __init__(self, settings: Settings, runtime: Runtime, admission: Admission):
         self.settings, self.runtime, self.admission = settings, runtime, admission
@@ -222,7 +230,7 @@ class Pipeline:
             frames = self.runtime.generate((1.0 - t) * mu[0] + t * mu[1])  # [steps, 3, S, S]
             distance, choices = float(np.linalg.norm(mu[1] - mu[0])), (choice_a, choice_b)
             if fmt == "json":
-                return render.base64_pngs(frames), distance, choices
+                return (render.base64_pngs(frames), frame_distances(frames)), distance, choices
             return (render.gif(frames) if fmt == "gif" else render.png_strip(frames)), distance, choices
 
         return await self.admission.run(job)

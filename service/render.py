@@ -32,7 +32,9 @@ def png_strip(frames: np.ndarray) -> bytes:
 
 
 def gif(frames: np.ndarray, frame_ms: int = 120) -> bytes:
+    """An endless animation that plays a -> b, then back: frames 0..n-1, then n-2..1 (2n - 2 in all)."""
     images = [to_pil(f) for f in frames]
+    images = images + images[-2:0:-1]
     buf = io.BytesIO()
     # disposal=1 and no optimisation: every frame is kept whole, so a reader gets exactly len(frames) frames.
     images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0,

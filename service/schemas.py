@@ -155,6 +155,8 @@ class MorphFrames(BaseModel):
     size: int
     latent_distance: float = Field(description="Euclidean distance between the latent means of a and b")
     frames: list[str] = Field(description="base64-encoded PNG frames, from a to b")
+    frame_distances: list[dict[str, float]] = Field(
+        default_factory=list, description="per frame, its RMS pixel distance (0..1) to frame 0 (to_a) and the last (to_b)")
     box_a: FaceUsed | None = None
     box_b: FaceUsed | None = None
 

@@ -107,12 +107,13 @@ def test_morph_default_is_eight_frames(client: TestClient) -> None:
     assert pixels(response.content).shape == (64, 8 * 64, 3)
 
 
-def test_morph_gif_has_one_frame_per_step(client: TestClient) -> None:
+def test_morph_gif_plays_there_and_back(client: TestClient) -> None:
     a, b = variants(1)["rgb.png"], variants(6)["rgb.png"]
     response = client.post("/v1/morph", params={"steps": 6, "format": "gif"}, files={"a": ("a", a), "b": ("b", b)})
     assert response.status_code == 200 and response.headers["content-type"] == "image/gif"
     with Image.open(io.BytesIO(response.content)) as gif:
-        assert (gif.format, gif.size, gif.n_frames, gif.is_animated) == ("GIF", (64, 64), 6, True)
+        assert (gif.format, gif.size, gif.n_frames, gif.is_animated) == ("GIF", (64, 64), 10, True)  # 6 + 4 back
+        assert gif.info["loop"] == 0  # forever
         gif.seek(0)
         first = np.asarray(gif.convert("RGB")).astype(int)
     # GIF keeps at most 256 colours, so compare on average rather than per pixel.
@@ -127,6 +128,13 @@ def test_morph_json_frames_and_latent_distance(client: TestClient, reference: Re
     assert (body["steps"], body["size"], body["model_version"], len(body["frames"])) == (4, 64, "dbvae-test0001", 4)
     frames = [pixels(base64.b64decode(f)) for f in body["frames"]]
     assert all(f.shape == (64, 64, 3) for f in frames)
+    # Distances to both ends, from the decoded frames themselves (the same floats the PNGs were rounded from).
+    z = reference.mu(model_input(a, b)).astype(np.float64)
+    t = np.linspace(0.0, 1.0, 4)[:, None]
+    decoded = reference.decode((1 - t) * z[0] + t * z[1]).reshape(4, -1).astype(np.float64)
+    to_b = np.sqrt(((decoded - decoded[-1]) ** 2).mean(1))
+    assert [d["to_b"] for d in body["frame_distances"]] == pytest.approx(list(to_b), abs=1e-6)
+    assert body["frame_distances"][0]["to_a"] == 0.0 and body["frame_distances"][-1]["to_b"] == 0.0
     assert np.array_equal(frames[0], _reconstruction(client, a))
     assert np.array_equal(frames[-1], _reconstruction(client, b))
     mu = reference.mu(model_input(a, b))

@@ -133,8 +133,10 @@ def test_a_face_in_a_photo_is_found_where_it_is(committed: TestClient, model: st
 
 def test_morph_of_two_photos_uses_their_faces(committed: TestClient) -> None:
     a, b = photo_with_face(0, (200, 120)), photo_with_face(5, (60, 200))
-    body = committed.post("/v1/morph", params={"steps": 3, "format": "json"},
+    body = committed.post("/v1/morph", params={"steps": 8, "format": "json"},
                           files={"a": ("a.png", a), "b": ("b.png", b)}).json()
+    to_b = [d["to_b"] for d in body["frame_distances"]]
+    assert all(later < earlier for earlier, later in zip(to_b, to_b[1:]))  # the distance to b falls every frame
     assert body["box_a"]["source"] == body["box_b"]["source"] == "found"
     assert overlap(body["box_a"]["box"], 200, 120, 96) >= 0.5 and overlap(body["box_b"]["box"], 60, 200, 96) >= 0.5
     rec = committed.post("/v1/reconstruct", files={"image": ("a.png", a)})

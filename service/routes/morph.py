@@ -17,7 +17,8 @@ MEDIA = {"png": "image/png", "gif": "image/gif"}
 
 
 @post_versioned(router, "/morph", summary="Interpolate between two faces in latent space", response_model=None,
-                responses={200: {"description": "png: one strip, a on the left; gif: animation; json: frames",
+                responses={200: {"description": "png: one strip, a on the left; gif: animation a -> b -> a, looping; "
+                                                "json: frames and their distances to both ends",
                                  "content": {"image/png": {}, "image/gif": {},
                                              "application/json": {"schema": MorphFrames.model_json_schema()}}},
                            **UPLOAD_PROBLEMS})
@@ -41,9 +42,10 @@ async def morph(
         content, distance, (choice_a, choice_b) = await pipeline.morph(payload_a, payload_b, steps, format,
                                                                        face_a, face_b)
     version = pipeline.runtime.manifest.models["dbvae"].version
-    if isinstance(content, list):
+    if isinstance(content, tuple):
+        frames, frame_distances = content
         return MorphFrames(model_version=version, steps=steps, size=pipeline.size, latent_distance=distance,
-                           frames=content, box_a=FaceUsed(box=Box.from_tuple(choice_a.box), source=choice_a.source),
+                           frames=frames, frame_distances=frame_distances, box_a=FaceUsed(box=Box.from_tuple(choice_a.box), source=choice_a.source),
                            box_b=FaceUsed(box=Box.from_tuple(choice_b.box), source=choice_b.source))
     return Response(content, media_type=MEDIA[format],
                     headers={"X-Model-Version": version, "X-Latent-Distance": f"{distance:.6g}",
