@@ -27,7 +27,7 @@ from PIL import Image
 
 from bench.common import OUT_HELP, finish, load_note, machine, table
 from training.environment import environment
-from training.evaluation import average_precision, evaluate_photos, match, open_photo, read_boxes
+from training.evaluation import evaluate_photos, open_photo, read_boxes, score_photos
 from training.localiser import Localiser, LocaliserConfig
 from training.manifest import load_manifest
 from training.reporting import photo_sheet
@@ -56,22 +56,6 @@ class Haar:
         if not len(boxes):
             return np.zeros((0, 5))
         return np.c_[np.asarray(boxes, dtype=np.float64), np.asarray(neighbours, dtype=np.float64)]
-
-
-def haar_quality(haar: Haar, photos: Path, truth: dict) -> dict:
-    scores, outcomes, positives = [], [], 0
-    files = sorted(p for p in photos.iterdir() if p.is_file())
-    for p in files:
-        found = haar.locate(open_photo(p))
-        outcome, n = match(found, truth.get(p.name, []))
-        scores.append(found[:, 4])
-        outcomes.append(outcome)
-        positives += n
-    s, o = np.concatenate(scores), np.concatenate(outcomes)
-    tp, fp = int((o == 1).sum()), int((o == 0).sum())
-    return {"precision": tp / max(tp + fp, 1), "recall": tp / max(positives, 1),
-            "average_precision": average_precision(s, o, positives), "true_positives": tp, "false_alarms": fp,
-            "false_alarms_per_photo": fp / len(files), "faces": positives}
 
 
 def sweep(model: dict, thresholds: tuple[float, ...] = (0.99, 0.999, 0.9999)) -> list[dict]:
@@ -120,9 +104,10 @@ def run(args) -> dict:
     detectors["opencv haar cascade"] = haar.locate
     quality = {name: {**{k: v for k, v in m.items() if k != "photos"}, "sweep": sweep(m)} for name, m in
                ((f"ours ({kind})", m) for kind, m in ours["models"].items())}
-    quality["opencv haar cascade"] = haar_quality(haar, folder / "photos", truth)
+    photos = {p.name: open_photo(p) for p in sorted((folder / "photos").iterdir()) if p.is_file()}
+    quality["opencv haar cascade"] = {k: v for k, v in score_photos(haar.locate, photos, truth).items() if k != "photos"}
     rows = []
-    originals = [open_photo(p) for p in sorted((folder / "photos").iterdir())]
+    originals = list(photos.values())
     for name, locate in detectors.items():
         row = {"detector": name, **quality[name], "face_free": face_free(locate, folder / "noface")}
         for label, size in SIZES.items():

@@ -19,7 +19,7 @@ from service.admission import Admission
 from service.batcher import MicroBatcher
 from service.localiser import clip_boxes, face_square, locate
 from service.problems import ProblemError
-from service.preprocess import (Payload, centre_box, decode_batch, decode_photo, load, load_batch, open_image,
+from service.preprocess import (Payload, centre_box, decode_batch, load, load_batch, load_photo, open_image,
                                 open_small, oriented_size, to_model_input)
 from service.runtime import Runtime
 from service.settings import Settings
@@ -130,20 +130,19 @@ class Pipeline:
             if max(size) <= cfg.crop_max_side:
                 crops.append((i, load(im, size=self.size, label=label), size))
             else:
-                answers[i] = self.scan_photo(model, data, label, size, ask)
+                answers[i] = self.scan_photo(model, im, label, size, ask)
         if crops:
             probabilities = self.runtime.classify(model, to_model_input([c for _, c, _ in crops]))
             for (i, _, _), answer in zip(crops, self._crop_answers(model, ask, [s for _, _, s in crops], probabilities)):
                 answers[i] = answer
         return answers
 
-    def scan_photo(self, model: str, data: bytes, label: str, size: tuple[int, int], ask: FindFaces) -> Answer:
+    def scan_photo(self, model: str, im: Image.Image, label: str, size: tuple[int, int], ask: FindFaces) -> Answer:
         cfg = self.runtime.manifest.localiser
         threshold = cfg.threshold if ask.threshold is None else ask.threshold
         min_face = ask.min_face_size or cfg.min_face_size
         # The pyramid's largest level is window / min_face of the photo: a JPEG need not decode larger than that.
-        photo, factor = decode_photo(data, max_pixels=self.settings.max_image_pixels,
-                                     smallest=min(1.0, cfg.window / min_face), label=label)
+        photo, factor = load_photo(im, smallest=min(1.0, cfg.window / min_face), label=label)
         found = locate(self.runtime, model, photo, threshold, max(1, round(min_face / factor)),
                        ask.max_faces or cfg.max_faces, self.settings.max_scan_pixels)
         boxes = found.boxes.copy()
@@ -187,7 +186,7 @@ class Pipeline:
         else (a crop, or a photo without a face found) the centre square. Cut out as a square around the box,
         resized like every model input -> (uint8 [S, S, 3], which box and why)."""
         label, data = payload
-        photo, _ = decode_photo(data, max_pixels=self.settings.max_image_pixels, label=label)
+        photo, _ = load_photo(open_image(data, max_pixels=self.settings.max_image_pixels, label=label), label=label)
         w, h = photo.size
         if box is not None:
             x, y, bw, bh = box

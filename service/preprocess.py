@@ -95,11 +95,10 @@ def load(im: Image.Image, *, size: int, label: str = "image") -> np.ndarray:
         return prepare(im, size)
 
 
-def decode_photo(data: bytes, *, max_pixels: int, smallest: float = 1.0, label: str = "image") -> tuple[Image.Image, float]:
-    """Encoded bytes -> (the whole picture as 8-bit RGB, EXIF orientation applied; how many of the upload's
+def load_photo(im: Image.Image, *, smallest: float = 1.0, label: str = "image") -> tuple[Image.Image, float]:
+    """An opened image -> (the whole picture as 8-bit RGB, EXIF orientation applied; how many of the upload's
     pixels one of its pixels spans). A JPEG decodes at a reduced DCT scale when `smallest` (the largest fraction
     of the full size the caller will look at) allows it; other formats decode whole."""
-    im = open_image(data, max_pixels=max_pixels, label=label)
     with image_problems(label), im:
         full = im.size
         if smallest < 1.0:

@@ -103,12 +103,17 @@ def test_pillow_warning_range_is_refused_with_and_without_the_warning_filter() -
         assert err.value.status == 413 and "FACEDET_MAX_IMAGE_PIXELS" in err.value.detail
 
 
-def test_service_imports_neither_training_nor_torch() -> None:
-    code = ("import sys, service.main, service.__main__; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('training', 'torch')); "
+def assert_imports_none(modules: str, forbidden: tuple[str, ...]) -> None:
+    """Importing `modules` (comma separated) in a fresh interpreter loads no package named in `forbidden`."""
+    code = (f"import sys, {modules}; "
+            f"bad = sorted(m for m in sys.modules if m.split('.')[0] in {forbidden!r}); "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_service_imports_neither_training_nor_torch() -> None:
+    assert_imports_none("service.main, service.__main__", ("training", "torch"))
     for source in (REPO / "service").rglob("*.py"):
         text = source.read_text()
         assert "import training" not in text and "from training" not in text and "import torch" not in text, source
@@ -116,11 +121,8 @@ def test_service_imports_neither_training_nor_torch() -> None:
 
 def test_the_image_admission_onnx_and_localiser_layers_import_no_web_framework() -> None:
     """Only the routes, uploads, errors, middleware and main know about HTTP (the ONNX layer least of all)."""
-    code = ("import sys, service.runtime, service.admission, service.pipeline, service.localiser, service.preprocess; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'uvicorn')); "
-            "print(bad); sys.exit(1 if bad else 0)")
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_imports_none("service.runtime, service.admission, service.pipeline, service.localiser, service.preprocess",
+                        ("fastapi", "starlette", "uvicorn"))
 
 
 def test_large_jpeg_is_decoded_at_a_reduced_scale_that_barely_changes_the_input() -> None:

@@ -145,18 +145,23 @@ def evaluate_photos(models_dir: Path, manifest: dict, photos: Path, boxes_csv: P
                        "boxes": str(boxes_csv)}, "localiser": cfg.to_dict(), "models": {}}
     for kind, entry in manifest["models"].items():
         localiser = Localiser(models_dir / entry["graphs"]["scanner"], cfg)
-        scores, outcomes, positives, per_photo = [], [], 0, {}
-        for name, image in images.items():
-            found = localiser.locate(image)
-            outcome, n = match(found, truth.get(name, []))
-            scores.append(found[:, 4])
-            outcomes.append(outcome)
-            positives += n
-            per_photo[name] = {"found": found.round(3).tolist(), "outcome": outcome.tolist()}
-        s, o = np.concatenate(scores), np.concatenate(outcomes)
-        tp, fp = int((o == 1).sum()), int((o == 0).sum())
-        result["models"][kind] = {"version": entry.get("version"), "precision": tp / max(tp + fp, 1),
-                                  "recall": tp / max(positives, 1), "average_precision": average_precision(s, o, positives),
-                                  "true_positives": tp, "false_alarms": fp, "false_alarms_per_photo": fp / max(len(files), 1),
-                                  "faces": positives, "photos": per_photo}
+        result["models"][kind] = {"version": entry.get("version"), **score_photos(localiser.locate, images, truth)}
     return result
+
+
+def score_photos(locate, images: dict, truth: dict) -> dict:
+    """Any detector (`locate`: RGB photo -> [M, 5] boxes with a score) on named photos against the true boxes
+    -> precision, recall, AP at IoU >= 0.5, false alarms per photo, and per photo what it found."""
+    scores, outcomes, positives, per_photo = [], [], 0, {}
+    for name, image in images.items():
+        found = locate(image)
+        outcome, n = match(found, truth.get(name, []))
+        scores.append(found[:, 4])
+        outcomes.append(outcome)
+        positives += n
+        per_photo[name] = {"found": np.round(found, 3).tolist(), "outcome": outcome.tolist()}
+    s, o = np.concatenate(scores), np.concatenate(outcomes)
+    tp, fp = int((o == 1).sum()), int((o == 0).sum())
+    return {"precision": tp / max(tp + fp, 1), "recall": tp / max(positives, 1),
+            "average_precision": average_precision(s, o, positives), "true_positives": tp, "false_alarms": fp,
+            "false_alarms_per_photo": fp / max(len(images), 1), "faces": positives, "photos": per_photo}

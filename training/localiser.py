@@ -200,7 +200,11 @@ class Localiser:
             square = image.crop((left, top, left + side, top + side))
             p = float(sigmoid(self.logit_map(level_input(square, cfg.window / side, cfg.stride))[0, 0]))
             return np.array([[left, top, side, side, p]]) if p >= threshold else np.zeros((0, 5))
-        found = [windows(self.logit_map(level_input(image, s, cfg.stride)), s, cfg, threshold)
-                 for s in pyramid(w, h, cfg, min_face)]
-        boxes = np.concatenate(found) if found else np.zeros((0, 5))
+        boxes = self.windows(image, threshold, min_face)
         return clip_boxes(merge(boxes, cfg.nms_iou, max_faces or cfg.max_faces), w, h)
+
+    def windows(self, image: Image.Image, floor: float, min_face: int | None = None) -> np.ndarray:
+        """Every window of every pyramid level scoring at least `floor`, before merging: [K, 5] photo px."""
+        found = [windows(self.logit_map(level_input(image, s, self.cfg.stride)), s, self.cfg, floor)
+                 for s in pyramid(image.width, image.height, self.cfg, min_face)]
+        return np.concatenate(found) if found else np.zeros((0, 5))

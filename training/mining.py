@@ -19,7 +19,7 @@ from training.data.builtin import low_res, natural_pictures
 from training.data.folders import NON_FACE_GROUP
 from training.data.h5 import H5Source, H5Writer
 from training.data.image import prepare
-from training.localiser import Localiser, LocaliserConfig, merge, pyramid, windows, level_input
+from training.localiser import Localiser, LocaliserConfig, merge
 
 log = logging.getLogger("training")
 
@@ -33,9 +33,7 @@ def false_alarms(scan_graph: Path, pictures: list[np.ndarray], cfg: LocaliserCon
     crops = []
     for array in pictures:
         image = Image.fromarray(array).convert("RGB")
-        found = [windows(localiser.logit_map(level_input(image, s, cfg.stride)), s, cfg, floor)
-                 for s in pyramid(image.width, image.height, cfg)]
-        boxes = merge(np.concatenate(found), 0.5, per_picture) if found else np.zeros((0, 5))
+        boxes = merge(localiser.windows(image, floor), 0.5, per_picture)
         for x, y, w, h, _ in boxes:
             crop = image.crop((int(x), int(y), int(x + w), int(y + h)))
             crops.append(low_res(crop) if builtin_look else prepare(crop))
