@@ -20,7 +20,12 @@ install: $(VENV)/.installed
 train: install  ## train both models on the built-in data, export to models/, print the evaluation
 	$(PY) -m training $(ARGS)
 
+# The web page's browser test (tests/test_web_page.py) drives Debian's chromium (Playwright's own browser
+# download may be unreachable); installed here where apt-get can, and that test skips, saying so, where not.
 test: install
+	@test -x /usr/bin/chromium || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+		echo "could not install chromium: tests/test_web_page.py will skip"
 	$(PY) -m pytest -q $(ARGS)
 
 serve: install
@@ -38,6 +43,7 @@ install-bench: $(VENV)/.installed-bench
 
 bench: install-bench  ## benchmarks: tables printed, JSON in bench/results/ (a few minutes each)
 	$(PY) -m bench.localise
+	$(PY) -m bench.fairness
 	$(PY) -m bench.inference
 	$(PY) -m bench.training
 	$(PY) -m bench.quality

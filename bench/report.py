@@ -2,7 +2,7 @@
 manifest.json), so a fresh clone without checkpoints/ regenerates it.
 
     python -m bench.report                                     # default models, their data's held-out split
-    python -m bench.report --faces ppb/ --non-faces neg/       # adds the per-group bar chart for that set
+    python -m bench.report --faces ppb/                        # adds that face set's fairness card
 
 Figures (each states the data it came from in its footer) and reports/report.md, which lists them:
 * training_curves.png — loss terms and validation metrics per epoch, CNN vs DB-VAE (the manifest's
@@ -15,7 +15,10 @@ Figures (each states the data it came from in its footer) and reports/report.md,
 * reconstructions.png — validation faces and their DB-VAE reconstructions (ONNX encoder mu -> decoder)
 * morph.png           — a latent walk between two validation faces, as the service's /v1/morph does it:
                         mu_a + t (mu_b - mu_a), t in linspace(0, 1, steps), decoded by the ONNX decoder
-* groups.png          — face accuracy per group, CNN vs DB-VAE, when a group-labelled folder set is given
+* fairness.png        — the manifest's fairness cards: recall and mean face probability per latent-rarity decile
+                        (and per group, when the card has groups), CNN beside DB-VAE, bootstrap intervals as
+                        error bars
+* fairness_faces.png  — the same card computed on a face folder given with --faces (group sub-folders or --groups)
 """
 
 from __future__ import annotations
@@ -37,10 +40,11 @@ from training.data.image import to_model_input  # noqa: E402
 from training.data.sources import manifest_split, open_source  # noqa: E402
 from training.environment import environment  # noqa: E402
 from training.evaluation import evaluate_models  # noqa: E402
+from training.fairness import CardInputs  # noqa: E402
 from training.manifest import load_manifest  # noqa: E402
 from training.metrics import binary_metrics, sigmoid  # noqa: E402
 from training.reconstruction import summary  # noqa: E402
-from training.reporting import group_chart  # noqa: E402
+from training.reporting import fairness_chart  # noqa: E402
 from training.resampling import sampling_probabilities  # noqa: E402
 
 COLOURS = {"cnn": "tab:blue", "dbvae": "tab:orange"}
@@ -231,16 +235,26 @@ def run(args) -> list[tuple[str, Path]]:
         figures.append(("Morph", morph(enc, dec, a, b, args.steps, out,
                                        f"Validation faces #{args.morph[0]} and #{args.morph[1]} (in split order). "
                                        f"{data_line}")))
-    if args.faces and args.non_faces:
-        user = open_source("folders", faces=args.faces, non_faces=args.non_faces, cache_dir=args.cache_dir)
-        result = evaluate_models(models_dir, manifest["models"], user, np.arange(len(user)))
-        d = result["data"]
-        foot = (f"Folder set {args.faces} ({d['faces']} faces in group sub-folders) + {args.non_faces} "
-                f"({d['non_faces']} non-faces), every image; ONNX models {versions}.")
-        chart = group_chart(result, out / "groups.png", foot, COLOURS)
+    cards = {k: e["fairness"] for k, e in manifest["models"].items() if e.get("fairness")}
+    if cards:
+        card = next(iter(cards.values()))
+        chart = fairness_chart(cards, out / "fairness.png",
+                               f"The manifest's fairness cards: {card['data']['faces']} faces of "
+                               f"{card['data']['evaluated']}; {card['bootstrap']['resamples']} bootstrap resamples, "
+                               f"{card['bootstrap']['confidence']:.0%} intervals. {data_line}", COLOURS)
         if chart:
-            print(f"wrote {chart}")
-            figures.append((f"Face accuracy per group ({args.faces})", chart))
+            figures.append(("Fairness card", chart))
+    if args.faces:
+        user = open_source("folders", faces=args.faces, non_faces=args.non_faces, groups=args.groups,
+                           cache_dir=args.cache_dir)
+        described = f"{args.faces}, every image"
+        result = evaluate_models(models_dir, manifest["models"], user, np.arange(len(user)),
+                                 CardInputs.for_manifest(manifest, described, (source, train_idx)))
+        chart = fairness_chart({k: m["fairness"] for k, m in result["models"].items()}, out / "fairness_faces.png",
+                               f"Folder set {described} ({result['data']['faces_evaluated']} faces); ONNX models "
+                               f"{versions}.", COLOURS)
+        if chart:
+            figures.append((f"Fairness card of {args.faces}", chart))
     write_index(out, figures, data_line)
     return figures
 
@@ -264,8 +278,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=8, help="morph steps (t from 0 to 1 inclusive)")
     ap.add_argument("--morph", type=int, nargs=2, default=[0, 1], metavar=("A", "B"),
                     help="indices of the two validation faces to morph between")
-    ap.add_argument("--faces", default="", help="optional group-labelled face folder (sub-folders = groups)")
-    ap.add_argument("--non-faces", default="", help="non-face folder to go with --faces")
+    ap.add_argument("--faces", default="", help="optional face folder for a fairness card (sub-folders = groups)")
+    ap.add_argument("--non-faces", default="", help="optional non-face folder to go with --faces")
+    ap.add_argument("--groups", default="", help="optional path,group CSV for --faces")
     run(ap.parse_args(argv))
     return 0
 

@@ -1,4 +1,18 @@
-"""Every error leaves as application/problem+json {type, title, status, detail}."""
+"""Every error the app answers leaves as application/problem+json {type, title, status, detail}, and every status
+an operation can answer is in the OpenAPI document with that body (problem_responses).
+
+Some requests never reach the app. uvicorn's HTTP parser (httptools, which `python -m service` runs) answers these
+itself, with a text/plain 400 "Invalid HTTP request received." and a closed connection:
+- a request target (path and query string) of 65,536 bytes or more;
+- a request that is not valid HTTP/1.1: bad bytes in the request line or a header name, a Content-Length that is
+  not a number, Content-Length together with Transfer-Encoding, a bad chunk size;
+- on a kept-alive connection, a body shorter than its Content-Length followed by more bytes (a next request):
+  those bytes are read as the rest of the body and what is left of them does not parse; the short request itself
+  gets no answer.
+A body shorter than its Content-Length gets no answer at all when the client then closes (or half-closes) the
+connection: the app sees the disconnect while parsing the form, with no one left to answer. While the client
+keeps the connection open and sends nothing, the server waits for the rest of the body with no time limit.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +27,44 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.problems import ProblemError
+from service.schemas import Problem
 
 log = logging.getLogger("service.errors")
 PROBLEM_JSON = "application/problem+json"
+
+# What each status means, as the OpenAPI document says it; a route words a status its own way where it differs.
+WHEN: dict[int, str] = {
+    400: "Malformed request body: multipart/form-data that cannot be parsed (no boundary, a broken part, a part "
+         "without a name) or is over the form parser's limits (1,000 files, 1,000 fields, 1 MB in a non-file field)",
+    413: "Upload over the byte cap (FACEDET_MAX_UPLOAD_BYTES), or an image over the pixel cap "
+         "(FACEDET_MAX_IMAGE_PIXELS)",
+    415: "Not a JPEG, PNG, WebP, GIF, BMP or TIFF image",
+    422: "Missing file or wrong field name, empty or truncated image, too many images, a bad parameter",
+    500: "A bug: the body carries only an error_id, under which the traceback is logged",
+    503: "Overloaded: every worker thread and queue place is taken (FACEDET_WORKER_THREADS + FACEDET_MAX_QUEUE)",
+}
+# The headers that come with those meanings.
+WHEN_HEADERS: dict[int, dict] = {
+    503: {"Retry-After": {"description": "seconds to wait before retrying (FACEDET_RETRY_AFTER_S)",
+                          "schema": {"type": "integer", "minimum": 1}, "required": True}},
+}
+
+
+def problem_responses(*statuses: int, described: dict[int, str] | None = None) -> dict[int | str, dict]:
+    """OpenAPI `responses` for these statuses, each a problem+json body of the Problem schema.
+
+    The schema is named by reference rather than through FastAPI's `model`, which would also list it under the
+    route's own media type (application/json): install_handlers adds the component that the reference names.
+    """
+    described = described or {}
+    responses: dict[int | str, dict] = {}
+    for status in statuses:
+        response = {"description": described.get(status, WHEN[status]),
+                    "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+        if status not in described and status in WHEN_HEADERS:
+            response["headers"] = WHEN_HEADERS[status]
+        responses[status] = response
+    return responses
 
 
 def problem_response(scope: Scope, status: int, slug: str, title: str, detail: str,
@@ -34,6 +83,10 @@ async def _problem(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400:  # the only 400s: Starlette's form parser, or FastAPI failing to read the body
+        media = request.headers.get("content-type", "").split(";")[0].strip() or "request"
+        return problem_response(request.scope, 400, "malformed-body", "Malformed request body",
+                                f"the {media} body cannot be parsed: {exc.detail}", exc.headers)
     slug = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}.get(exc.status_code,
                                                                                        f"http-{exc.status_code}")
     title = slug.replace("-", " ").capitalize()
@@ -53,6 +106,20 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(RequestValidationError, _validation)
+    _document_problem(app)
+
+
+def _document_problem(app: FastAPI) -> None:
+    """Add the Problem component that problem_responses refers to: FastAPI only lists the models routes pass it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:  # built once, then cached by FastAPI
+            schemas = build().setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = Problem.model_json_schema()
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class UnexpectedErrorMiddleware:

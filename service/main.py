@@ -17,7 +17,7 @@ from service.limits import BodyLimitMiddleware
 from service.memory import trim_when_idle
 from service.metrics import Metrics, MetricsMiddleware
 from service.pipeline import Pipeline
-from service.routes import detect, health, metrics, models, morph, reconstruct
+from service.routes import detect, health, metrics, models, morph, page, reconstruct
 from service.runtime import Runtime
 from service.settings import Settings, load_settings
 
@@ -71,6 +71,6 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (detect, reconstruct, morph, health, models, metrics):
+    for module in (detect, reconstruct, morph, health, models, metrics, page):
         app.include_router(module.router)
     return app

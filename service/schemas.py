@@ -22,11 +22,47 @@ class ManifestInput(BaseModel):
     preprocess: list[str] = []
 
 
+class FairnessBin(BaseModel):
+    name: str = Field(description="the group, or the rarity decile (1 the commonest, 10 the rarest)")
+    faces: int = Field(ge=0)
+    recall: float | None = Field(description="share of its faces at or above the model's threshold; null: no face")
+    recall_ci: list[float] | None = Field(description="bootstrap interval [low, high]")
+    mean_score: float | None = Field(description="its faces' mean face probability")
+    mean_score_ci: list[float] | None
+
+
+class FairnessBreakdown(BaseModel):
+    kind: Literal["group", "rarity"]
+    faces: int = Field(ge=0)
+    unlabelled_faces: int = Field(0, ge=0, description="faces in no group")
+    bins: list[FairnessBin]
+    mean_sampling_weight: list[float] | None = Field(
+        None, description="rarity only: each decile's mean resampling weight (1.0 = uniform)")
+    largest_difference: float | None = Field(description="of recall between bins (equal opportunity difference)")
+    largest_difference_ci: list[float] | None
+    smallest_ratio: float | None = Field(description="of recall between bins")
+    smallest_ratio_ci: list[float] | None
+
+
+class FairnessCard(BaseModel):
+    """Written by training (training/fairness.py), served as is: computed on held-out or user-given faces."""
+
+    model_config = ConfigDict(extra="allow")
+    data: dict[str, Any] = Field(description="the faces it was computed on, their size, and the training data's "
+                                             "source and licence (training_data)")
+    threshold: float
+    bootstrap: dict[str, Any] = Field(description="resamples, seed, confidence, method")
+    by_rarity: FairnessBreakdown | None = None
+    by_group: FairnessBreakdown | None = None
+    calibration: dict[str, Any] = Field(default_factory=dict, description="reliability curve data")
+
+
 class ManifestModel(BaseModel):
     version: str
     threshold: float = Field(ge=0.0, le=1.0)
     graphs: dict[str, str]
     metrics: dict[str, Any] = {}
+    fairness: FairnessCard | None = None
 
 
 class ManifestFile(BaseModel):
@@ -176,6 +212,7 @@ class ModelInfo(BaseModel):
     default: bool
     graphs: dict[str, GraphInfo]
     metrics: dict[str, Any]
+    fairness: FairnessCard | None = Field(None, description="the fairness card in the manifest; null: none computed")
 
 
 class ModelsResponse(BaseModel):

@@ -12,7 +12,6 @@ import venv
 from pathlib import Path
 
 import httpx
-import pytest
 import yaml
 
 from service.settings import Settings

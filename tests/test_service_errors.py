@@ -83,6 +83,55 @@ def test_missing_file_or_bad_parameter_on_detect(client: TestClient, request_kwa
     assert_still_serving(client)
 
 
+MULTIPART = "multipart/form-data; boundary=abc"
+MALFORMED = {  # body, Content-Type -> what python-multipart / Starlette say about it
+    "no boundary": (b"--abc\r\n", "multipart/form-data", "Missing boundary in multipart."),
+    "broken part header": (b"--abc\r\nno colon here\r\n\r\nx\r\n--abc--\r\n", MULTIPART,
+                           "Invalid multipart data."),
+    "part without a name": (b'--abc\r\nContent-Disposition: form-data; filename="x.jpg"\r\n\r\nx\r\n--abc--\r\n',
+                            MULTIPART, 'The Content-Disposition header field "name" must be provided.'),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+@pytest.mark.parametrize("endpoint", ["/v1/detect", "/v1/reconstruct", "/v1/morph", "/detect"])
+def test_malformed_multipart_is_a_400_problem(client: TestClient, endpoint: str, case: str) -> None:
+    body, content_type, message = MALFORMED[case]
+    response = client.post(endpoint, content=body, headers={"Content-Type": content_type})
+    problem = assert_problem(response, 400, "malformed-body")
+    assert problem["title"] == "Malformed request body"
+    assert problem["detail"] == f"the multipart/form-data body cannot be parsed: {message}"
+    assert_still_serving(client)
+
+
+UPLOAD_STATUSES = {"400", "413", "415", "422", "503", "500"}
+PROBLEM_CONTENT = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+
+
+@pytest.mark.parametrize("path", ["/v1/detect", "/v1/reconstruct", "/v1/morph", "/detect", "/reconstruct", "/morph"])
+def test_openapi_lists_every_upload_status_as_problem_json(client: TestClient, path: str) -> None:
+    spec = client.get("/openapi.json").json()
+    responses = spec["paths"][path]["post"]["responses"]
+    assert UPLOAD_STATUSES | {"200"} == set(responses)
+    for status in UPLOAD_STATUSES:  # only problem+json: FastAPI's HTTPValidationError and application/json are gone
+        assert responses[status]["content"] == PROBLEM_CONTENT, status
+        assert responses[status]["description"]
+    assert responses["503"]["headers"]["Retry-After"]["schema"] == {"type": "integer", "minimum": 1}
+    assert "malformed" in responses["400"]["description"].lower()
+
+
+def test_openapi_problem_schema_and_every_operation_documents_500(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    problem = spec["components"]["schemas"]["Problem"]
+    assert set(problem["required"]) == {"type", "title", "status", "detail"}
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            assert operation["responses"]["500"]["content"] == PROBLEM_CONTENT, (method, path)
+    readyz = spec["paths"]["/readyz"]["get"]["responses"]["503"]
+    assert readyz["content"] == PROBLEM_CONTENT and "headers" not in readyz  # not ready: no Retry-After
+
+
 def test_too_many_images(client: TestClient) -> None:  # the module client allows 8
     files = [("image", (f"{i}.jpg", GOOD)) for i in range(9)]
     body = assert_problem(client.post("/v1/detect", files=files), 422, "too-many-images")

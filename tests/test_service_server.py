@@ -16,7 +16,7 @@ import pytest
 
 from tests.utils.images import encode, picture
 from tests.utils.models import Reference
-from tests.utils.server import ServerProcess
+from tests.utils.server import ServerProcess, serving
 from training.data.image import load_image, to_model_input
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,16 +25,10 @@ CAP = 300_000
 
 @pytest.fixture(scope="module")
 def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    log = tmp_path_factory.mktemp("server") / "server.log"
     # FACEDET_PORT says 1; the --port flag must win.
-    env = {"FACEDET_MODELS_DIR": str(models_dir), "FACEDET_PORT": "1", "FACEDET_MAX_UPLOAD_BYTES": str(CAP),
-           "FACEDET_PROVIDERS": "CPUExecutionProvider"}
-    proc = ServerProcess(sys.executable, REPO, env, log)
-    try:
-        proc.wait_ready()
+    env = {"FACEDET_MODELS_DIR": str(models_dir), "FACEDET_PORT": "1", "FACEDET_MAX_UPLOAD_BYTES": str(CAP)}
+    with serving(env, tmp_path_factory.mktemp("server") / "server.log") as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def test_detect_over_http(server: ServerProcess, reference: Reference) -> None:

@@ -30,7 +30,8 @@ def trained(tmp_path_factory, cache):
     root = tmp_path_factory.mktemp("run")
     code = train_main(["--cache-dir", cache, "--builtin-non-faces", "200", "--epochs", "3",
                        "--steps-per-epoch", "12", "--out-dir", str(root / "models"),
-                       "--checkpoint-dir", str(root / "ckpt"), "--no-progress", "--latent-dim", "16"])
+                       "--checkpoint-dir", str(root / "ckpt"), "--no-progress", "--latent-dim", "16",
+                       "--fairness-resamples", "100"])
     assert code == 0
     return root
 
@@ -52,6 +53,16 @@ def test_exports_follow_the_contract(trained):
     per_epoch = [h["val"]["reconstruction"] for h in manifest["models"]["dbvae"]["metrics"]["history"]]
     assert len(per_epoch) == 3 and all(0 <= e["identified_top1"] <= 1 for e in per_epoch)
     assert "reconstruction" not in manifest["models"]["cnn"]["metrics"]["val"]
+    cards = {k: manifest["models"][k]["fairness"] for k in ("cnn", "dbvae")}  # computed for every model
+    for kind, card in cards.items():
+        assert card["bootstrap"]["resamples"] == 100 and card["data"]["faces"] == 20 and card["by_group"] is None
+        assert card["data"]["training_data"]["source"] == "builtin" and "LFW" in card["data"]["training_data"]["faces"]
+        rare = card["by_rarity"]
+        assert [b["faces"] for b in rare["bins"]] == [2] * 10 and rare["bins"][-1]["name"] == "10 (rarest)"
+        recall = manifest["models"][kind]["metrics"]["val"]["recall"]  # the deciles split the same 20 faces
+        assert sum(b["recall"] * b["faces"] for b in rare["bins"]) / 20 == pytest.approx(recall)
+    assert cards["cnn"]["by_rarity"]["mean_sampling_weight"] == cards["dbvae"]["by_rarity"]["mean_sampling_weight"]
+    assert "fairness" not in manifest["models"]["dbvae"]["metrics"]["val"]
     assert manifest["localiser"]["window"] == 64 and manifest["localiser"]["stride"] == 16
     signatures = {"cnn.onnx": (["image"], ["logit"]),
                   "dbvae_encoder.onnx": (["image"], ["logit", "mu", "logvar"]),
@@ -101,14 +112,19 @@ def test_checkpoint_holds_state_configs_and_metrics(trained):
 def test_evaluate_exported_models_on_the_held_out_split(trained, cache, tmp_path, capsys):
     out = tmp_path / "eval.json"
     code = evaluate_main(["--models-dir", str(trained / "models"), "--cache-dir", cache, "--out", str(out),
-                          "--chart", str(tmp_path / "chart.png")])
+                          "--chart", str(tmp_path / "chart.png"), "--card", str(tmp_path / "card.md"),
+                          "--resamples", "100"])
     assert code == 0
     result = json.loads(out.read_text())
     manifest = json.loads((trained / "models" / "manifest.json").read_text())
     assert result["split"] == "val" and result["data"]["evaluated"] == 80
     for kind in ("cnn", "dbvae"):
         assert result["models"][kind]["roc_auc"] == pytest.approx(manifest["models"][kind]["metrics"]["val"]["roc_auc"])
-    assert "balanced_accuracy" in capsys.readouterr().out
+        # The same card as training wrote: the same faces, rarity histograms and bootstrap seed.
+        assert result["models"][kind]["fairness"]["by_rarity"] == manifest["models"][kind]["fairness"]["by_rarity"]
+    printed = capsys.readouterr().out
+    assert "balanced_accuracy" in printed and "10 (rarest)" in printed
+    assert "| decile | faces | cnn recall | dbvae recall |" in (tmp_path / "card.md").read_text()
 
 
 def test_resume_continues_from_the_checkpoint(trained, cache, tmp_path):
@@ -154,30 +170,55 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "no manifest.json" in capsys.readouterr().err
 
 
-def test_evaluate_per_group_with_chart(trained, cache, tmp_path):
-    from tests.utils.training_data import lfw_faces, photo_patches, write_folder
+def test_evaluate_writes_the_fairness_card_of_a_group_labelled_face_folder(trained, cache, tmp_path):
+    from PIL import Image
+
+    from tests.utils.training_data import lfw_faces, write_folder
 
     faces = lfw_faces(12)
     for i, group in enumerate(["DF", "DM", "LF", "LM"]):
         write_folder(tmp_path / "ppb" / group, faces[i * 3:(i + 1) * 3], "JPEG")
-    write_folder(tmp_path / "neg", photo_patches(8), "PNG")
-    out, chart = tmp_path / "eval.json", tmp_path / "groups.png"
-    code = evaluate_main(["--models-dir", str(trained / "models"), "--source", "folders",
-                          "--faces", str(tmp_path / "ppb"), "--non-faces", str(tmp_path / "neg"),
-                          "--cache-dir", cache, "--out", str(out), "--chart", str(chart)])
+    out, chart, card = tmp_path / "eval.json", tmp_path / "fair.png", tmp_path / "card.md"
+    code = evaluate_main(["--models-dir", str(trained / "models"), "--faces", str(tmp_path / "ppb"),
+                          "--cache-dir", cache, "--out", str(out), "--chart", str(chart), "--card", str(card),
+                          "--resamples", "50"])  # faces alone, no retraining
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["split"] == "all" and result["data"]["evaluated"] == 20
+    assert result["split"] == "all" and result["data"]["evaluated"] == 12
     for kind in ("cnn", "dbvae"):
-        per = result["models"][kind]["per_group"]
-        assert sorted(per["groups"]) == ["DF", "DM", "LF", "LM"]
-        accs = [g["accuracy"] for g in per["groups"].values()]
-        assert all(g["n"] == 3 for g in per["groups"].values())
-        assert per["gap"] == pytest.approx(max(accs) - min(accs))
-    from PIL import Image
-
+        m = result["models"][kind]
+        groups = m["fairness"]["by_group"]
+        assert [b["name"] for b in groups["bins"]] == ["DF", "DM", "LF", "LM"]
+        assert [b["faces"] for b in groups["bins"]] == [3, 3, 3, 3]
+        recalls = [b["recall"] for b in groups["bins"]]
+        assert groups["largest_difference"] == pytest.approx(max(recalls) - min(recalls))
+        assert np.mean(recalls) == pytest.approx(m["recall"])
+        assert [b["faces"] for b in m["fairness"]["by_rarity"]["bins"]] == [2, 2, 1, 1, 1, 1, 1, 1, 1, 1]
+        assert "80 training faces" in m["fairness"]["data"]["rarity"]
+    text = card.read_text()
+    assert "| group | faces | cnn recall | dbvae recall |" in text and "| LM | 3 |" in text and "LFW" in text
     with Image.open(chart) as im:
-        assert im.format == "PNG" and im.width > 200
+        assert im.format == "PNG" and im.width > 600
+
+
+def test_evaluate_takes_groups_from_a_csv(trained, cache, tmp_path, capsys):
+    from tests.utils.training_data import lfw_faces, write_folder
+
+    write_folder(tmp_path / "faces", lfw_faces(5), "PNG")
+    names = sorted(p.name for p in (tmp_path / "faces").iterdir())
+    table = tmp_path / "groups.csv"
+    table.write_text("path,group\n" + "".join(f"{n},{g}\n" for n, g in zip(names, ["x", "x", "y", "y"])))
+    out = tmp_path / "eval.json"
+    args = ["--models-dir", str(trained / "models"), "--faces", str(tmp_path / "faces"), "--cache-dir", cache,
+            "--out", str(out), "--chart", str(tmp_path / "c.png"), "--card", str(tmp_path / "c.md"),
+            "--resamples", "20"]
+    assert evaluate_main(args + ["--groups", str(table)]) == 0
+    groups = json.loads(out.read_text())["models"]["dbvae"]["fairness"]["by_group"]
+    assert [(b["name"], b["faces"]) for b in groups["bins"]] == [("x", 2), ("y", 2)]
+    assert groups["unlabelled_faces"] == 1  # the fifth face is not in the table
+    table.write_text("path,group\nnot-there.png,x\n")
+    assert evaluate_main(args + ["--groups", str(table)]) == 2
+    assert "names 1 file(s) not found" in capsys.readouterr().err
 
 
 def test_readme_metrics_table_comes_from_the_manifest(trained, tmp_path):

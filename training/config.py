@@ -93,6 +93,7 @@ class TrainConfig:
     out_dir: str = opt("models", "ONNX files + manifest.json")
     checkpoint_dir: str = opt("checkpoints", "where <model>.pt checkpoints are written")
     threshold: float = opt(0.5, "decision threshold written to the manifest")
+    fairness_resamples: int = opt(1000, "bootstrap resamples behind the fairness card's 95% intervals")
     resume: bool = opt(False, "continue from checkpoint_dir/<model>.pt if present")
     progress: bool = opt(True, "show progress bars (--no-progress to hide)")
 
@@ -110,7 +111,7 @@ class TrainConfig:
             raise ValueError("--val-fraction must be between 0 and 1")
         if self.batch_size < 2 or self.batch_size % 2:
             raise ValueError("--batch-size must be an even number >= 2 (half faces, half non-faces)")
-        for name in ("epochs", "latent_dim", "hist_bins", "resample_batch"):
+        for name in ("epochs", "latent_dim", "hist_bins", "resample_batch", "fairness_resamples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.lr_schedule not in ("cosine", "constant"):

@@ -10,7 +10,8 @@ import onnxruntime as ort
 from training.contract import GRAPH_IO, SCORING_GRAPH
 from training.data.h5 import H5Source
 from training.data.image import to_model_input
-from training.metrics import binary_metrics, group_metrics, sigmoid
+from training.fairness import CardInputs, model_card, rarity
+from training.metrics import binary_metrics, sigmoid
 
 
 def onnx_probabilities(graph: Path, source: H5Source, indices: np.ndarray, role: str, batch: int = 256) -> np.ndarray:
@@ -28,22 +29,33 @@ def model_probabilities(models_dir: Path, kind: str, entry: dict, source: H5Sour
     return onnx_probabilities(models_dir / entry["graphs"][role], source, indices, role)
 
 
-def evaluate_models(models_dir: Path, models: dict, source: H5Source, indices: np.ndarray) -> dict:
+def evaluate_models(models_dir: Path, models: dict, source: H5Source, indices: np.ndarray,
+                    card: CardInputs | None = None) -> dict:
     """models: the manifest's "models" entries (graphs and threshold of each). -> {"data": ..., "models": {kind:
-    metrics}}, with per-group face accuracy when the source has groups."""
+    metrics}}; with `card`, each model's fairness card on the same faces (under "fairness")."""
     y = source.labels[indices]
     result = {"data": {**source.describe(), "evaluated": int(len(indices)), "faces_evaluated": int(y.sum())},
               "models": {}}
+    probs = {}
     for kind, entry in models.items():
-        prob = model_probabilities(models_dir, kind, entry, source, indices)
+        probs[kind] = prob = model_probabilities(models_dir, kind, entry, source, indices)
         threshold = float(entry["threshold"])
         metrics = binary_metrics(y, prob, threshold)
-        if source.groups is not None and source.group_names:
-            metrics["per_group"] = group_metrics(y, prob, source.groups[indices], source.group_names, threshold)
         if kind == "dbvae":
             metrics["reconstruction"] = onnx_reconstruction(models_dir, entry, source, indices)
         result["models"][kind] = {"version": entry.get("version"), "threshold": threshold, **metrics}
+    if card is not None:
+        for kind, c in fairness_cards(models_dir, models, source, indices, probs, card).items():
+            result["models"][kind]["fairness"] = c
     return result
+
+
+def onnx_mu(models_dir: Path, entry: dict, source: H5Source, indices: np.ndarray) -> np.ndarray:
+    """The exported DB-VAE encoder's latent means [N, D] of source[indices]."""
+    enc = ort.InferenceSession(str(models_dir / entry["graphs"]["encoder"]), providers=["CPUExecutionProvider"])
+    out = [enc.run(["mu"], {GRAPH_IO["encoder"][0]: to_model_input(source.read(indices[i:i + 256]))})[0]
+           for i in range(0, len(indices), 256)]
+    return np.concatenate(out) if out else np.zeros((0, enc.get_outputs()[1].shape[1]), np.float32)
 
 
 def onnx_reconstruction(models_dir: Path, entry: dict, source: H5Source, indices: np.ndarray) -> dict:
@@ -53,15 +65,39 @@ def onnx_reconstruction(models_dir: Path, entry: dict, source: H5Source, indices
     faces_idx = indices[source.labels[indices] == 1][:MAX_FACES]
     if not len(faces_idx):
         return {"faces": 0}
-    enc = ort.InferenceSession(str(models_dir / entry["graphs"]["encoder"]), providers=["CPUExecutionProvider"])
     dec = ort.InferenceSession(str(models_dir / entry["graphs"]["decoder"]), providers=["CPUExecutionProvider"])
-    faces, recon = [], []
-    for i in range(0, len(faces_idx), 256):
-        images = source.read(faces_idx[i:i + 256])
-        mu = enc.run(["mu"], {GRAPH_IO["encoder"][0]: to_model_input(images)})[0]
-        recon.append(dec.run(["image"], {GRAPH_IO["decoder"][0]: mu})[0].transpose(0, 2, 3, 1))
-        faces.append(images.astype(np.float32) / 255.0)
-    return summary(np.concatenate(faces), np.clip(np.concatenate(recon), 0, 1))
+    mu = onnx_mu(models_dir, entry, source, faces_idx)
+    recon = dec.run(["image"], {GRAPH_IO["decoder"][0]: mu})[0].transpose(0, 2, 3, 1)
+    faces = source.read(faces_idx).astype(np.float32) / 255.0
+    return summary(faces, np.clip(recon, 0, 1))
+
+
+def fairness_cards(models_dir: Path, models: dict, source: H5Source, indices: np.ndarray, probs: dict,
+                   card: CardInputs) -> dict:
+    """Every model's card on the same evaluated faces: per group when the source has groups, and per rarity decile
+    of the exported DB-VAE's latent space (when there is a DB-VAE) for every model alike."""
+    y = source.labels[indices]
+    faces = indices[y == 1]
+    rarity_p, reference = None, "none: no DB-VAE among the models"
+    if "dbvae" in models:
+        mu = onnx_mu(models_dir, models["dbvae"], source, faces)
+        ref_mu = np.zeros((0, mu.shape[1]), np.float32)
+        reference = f"the {len(faces)} evaluated faces"
+        if card.reference is not None:
+            ref_source, ref_idx = card.reference
+            ref_idx = ref_idx[ref_source.labels[ref_idx] == 1]
+            ref_mu = onnx_mu(models_dir, models["dbvae"], ref_source, ref_idx)
+            reference = f"{len(ref_idx)} training faces and the {len(faces)} evaluated faces"
+        rarity_p = rarity(mu, ref_mu, card.hist_bins, card.smoothing)
+    named = source.groups is not None and bool(source.group_names)
+    data = {**card.data, "faces": int(y.sum()), "non_faces": int(len(y) - y.sum()),
+            "groups": list(source.group_names) if named else None,
+            "rarity": f"the DB-VAE resampling's sampling probability (histograms of {card.hist_bins} bins per latent "
+                      f"dimension, smoothing {card.smoothing}) over {reference}" if rarity_p is not None else None}
+    return {kind: model_card(y, probs[kind], float(entry["threshold"]), card.config, rarity_p=rarity_p,
+                             groups=source.groups[indices] if named else None,
+                             group_names=source.group_names if named else None, data=data)
+            for kind, entry in models.items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[st
     tp, tn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 0)).sum())
     fp, fn = int(((pred == 1) & (y == 0)).sum()), int(((pred == 0) & (y == 1)).sum())
     recall = tp / max(tp + fn, 1)
-    specificity = tn / max(tn + fp, 1)
+    specificity = tn / (tn + fp) if tn + fp else float("nan")  # a set of faces alone has no specificity
     return {
         "accuracy": (tp + tn) / max(len(y), 1),
         "balanced_accuracy": (recall + specificity) / 2,
@@ -29,14 +29,3 @@ def binary_metrics(y: np.ndarray, prob: np.ndarray, threshold: float) -> dict[st
         "faces": int(y.sum()),
     }
 
-
-def group_metrics(y: np.ndarray, prob: np.ndarray, groups: np.ndarray, names: list[str],
-                  threshold: float) -> dict:
-    """Accuracy per face group (faces only: the share detected) and the best-worst gap."""
-    per = {}
-    for i, name in enumerate(names):
-        mask = (groups == i) & (y == 1)
-        if mask.any():
-            per[name] = {"accuracy": float((prob[mask] >= threshold).mean()), "n": int(mask.sum())}
-    accs = [g["accuracy"] for g in per.values()]
-    return {"groups": per, "gap": (max(accs) - min(accs)) if accs else float("nan")}

@@ -14,8 +14,9 @@ from training import distributed
 from training.config import TrainConfig
 from training.distributed import Dist
 from training.data.h5 import H5Source
-from training.data.sources import open_source, stratified_split
+from training.data.sources import open_source, provenance, stratified_split
 from training.evaluation import evaluate_models
+from training.fairness import CardConfig, CardInputs
 from training.export import EXPORTERS
 from training.localiser import LocaliserConfig
 from training.mining import mine
@@ -111,9 +112,13 @@ def run(cfg: TrainConfig) -> dict | None:
         return None
     # Evaluate the exported files themselves (ONNX Runtime), as the service will run them, before the manifest
     # is written: it is written once, whole, with these figures in it.
-    evaluation = evaluate_models(out_dir, entries, source, val_idx)
+    card = CardInputs(CardConfig(resamples=cfg.fairness_resamples, seed=cfg.seed), cfg.hist_bins, cfg.smoothing,
+                      {"evaluated": "the held-out validation split", "training_data": provenance(data)},
+                      reference=(source, train_idx))
+    evaluation = evaluate_models(out_dir, entries, source, val_idx, card)
     for kind, m in evaluation["models"].items():
-        entries[kind]["metrics"]["val"] = {k: v for k, v in m.items() if k not in ("version", "threshold")}
+        entries[kind]["fairness"] = m["fairness"]
+        entries[kind]["metrics"]["val"] = {k: v for k, v in m.items() if k not in ("version", "threshold", "fairness")}
     manifest = write_manifest(out_dir, entries, cfg.latent_dim, data, {**cfg.to_dict(), "processes": world.world},
                               LocaliserConfig().to_dict())
     print(f"\nValidation split ({data['val']['faces']} faces, {data['val']['non_faces']} non-faces), ONNX Runtime:")

@@ -1,5 +1,6 @@
-"""Evaluation results for people: a fixed-width text table and the per-group bar chart (used by
-`python -m training.evaluate` and the model report, bench/report.py)."""
+"""Evaluation results for people: the fixed-width metrics table, the fairness card as text, Markdown and a chart,
+and the photo sheets (used by `python -m training`, `python -m training.evaluate`, the model report and the
+README writer)."""
 
 from __future__ import annotations
 
@@ -15,41 +16,105 @@ def format_table(result: dict) -> str:
     lines = [f"{'model':<8}" + "".join(f"{c:>19}" for c in cols)]
     for kind, m in result["models"].items():
         lines.append(f"{kind:<8}" + "".join(f"{m[c]:>19.3f}" for c in cols))
-        if "per_group" in m:
-            groups = ", ".join(f"{g} {v['accuracy']:.3f} (n={v['n']})" for g, v in m["per_group"]["groups"].items())
-            lines.append(f"{'':<8}per group: {groups}; gap {m['per_group']['gap']:.3f}")
+    cards = {k: m["fairness"] for k, m in result["models"].items() if m.get("fairness")}
+    return "\n".join(lines) + ("\n\n" + card_text(cards) if cards else "")
+
+
+def _figure(v: float | None, ci: list | None, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.{digits}f} [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else f"{v:.{digits}f}"
+
+
+def card_rows(cards: dict, part: str) -> tuple[list[str], list[list[str]]] | None:
+    """One breakdown ("by_rarity" or "by_group") of every model's card, side by side: -> (header, rows), the last
+    two rows the largest difference and the smallest ratio of recall; None when no card has it."""
+    parts = {k: c[part] for k, c in cards.items() if c.get(part)}
+    if not parts:
+        return None
+    first = next(iter(parts.values()))
+    header = ["decile" if first["kind"] == "rarity" else "group", "faces"]
+    header += [f"{k} recall" for k in parts] + [f"{k} mean score" for k in parts]
+    rows = []
+    for i, b in enumerate(first["bins"]):
+        rows.append([b["name"], str(b["faces"])] + [_figure(p["bins"][i]["recall"], p["bins"][i]["recall_ci"])
+                                                    for p in parts.values()]
+                    + [_figure(p["bins"][i]["mean_score"], p["bins"][i]["mean_score_ci"], 3) for p in parts.values()])
+    for label, key in (("largest difference", "largest_difference"), ("smallest ratio", "smallest_ratio")):
+        rows.append([label, ""] + [_figure(p[key], p[f"{key}_ci"]) for p in parts.values()] + [""] * len(parts))
+    return header, rows
+
+
+def card_caption(cards: dict) -> str:
+    card = next(iter(cards.values()))
+    d, b = card["data"], card["bootstrap"]
+    return (f"Faces: {d['faces']} ({d.get('evaluated', 'the evaluated set')}); recall at each model's threshold and "
+            f"the mean face probability, {b['confidence']:.0%} intervals from a seeded bootstrap ({b['resamples']} "
+            f"resamples, seed {b['seed']})." + (f" Rarity: {d['rarity']}." if d.get("rarity") else ""))
+
+
+def card_text(cards: dict) -> str:
+    """The cards as fixed-width text, for the terminal."""
+    lines = ["Fairness card. " + card_caption(cards)]
+    for part in ("by_group", "by_rarity"):
+        table = card_rows(cards, part)
+        if table:
+            header, rows = table
+            widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+            lines += [""] + ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                                       enumerate(zip(r, widths))) for r in [header, *rows]]
     return "\n".join(lines)
 
 
-def group_chart(result: dict, path: Path, footer: str = "", colours: dict | None = None) -> Path | None:
-    """Face accuracy (recall) per group, one bar per model with its best-worst gap in the legend; None when the
-    set has no groups. `footer` (where the data came from) is printed under the chart."""
-    per = {k: m["per_group"] for k, m in result["models"].items() if "per_group" in m}
-    if not per:
+def card_markdown(cards: dict) -> str:
+    """The cards as Markdown tables with their caption and the training data's provenance (README, eval card)."""
+    lines = [card_caption(cards), ""]
+    for part, title in (("by_group", "Per group"), ("by_rarity", "Per rarity decile (no labels needed)")):
+        table = card_rows(cards, part)
+        if table:
+            header, rows = table
+            lines += [f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    t = next(iter(cards.values()))["data"].get("training_data")
+    if t:
+        lines.append("Training data: " + "; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in t.items() if v) + ".")
+    return "\n".join(lines)
+
+
+def fairness_chart(cards: dict, path: Path, footer: str = "", colours: dict | None = None) -> Path | None:
+    """Recall and mean face probability per bin, one bar per model with its bootstrap interval as an error bar:
+    per group when the cards have groups, and per rarity decile; None when no card has either."""
+    parts = [p for p in ("by_group", "by_rarity") if any(c.get(p) for c in cards.values())]
+    if not parts:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = sorted({g for pg in per.values() for g in pg["groups"]})
-    counts = next(iter(per.values()))["groups"]  # the same faces for every model
-    width = 0.8 / len(per)
-    fig, ax = plt.subplots(figsize=(2.5 + 1.2 * len(groups), 3.8))
-    for i, (kind, pg) in enumerate(per.items()):
-        xs = np.arange(len(groups)) + (i - (len(per) - 1) / 2) * width
-        ax.bar(xs, [pg["groups"].get(g, {}).get("accuracy", np.nan) for g in groups], width,
-               color=(colours or {}).get(kind), label=f"{kind.upper()} (gap {pg['gap']:.3f})")
-    ax.set_xticks(np.arange(len(groups)), [f"{g}\nn={counts.get(g, {}).get('n', 0)}" for g in groups])
-    ax.set_ylim(0, 1.05)
-    ax.set_ylabel("face accuracy (recall)")
-    ax.set_title("Face accuracy per group", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    fig, axes = plt.subplots(len(parts), 2, figsize=(11, 3.4 * len(parts)), squeeze=False)
+    for row, part in zip(axes, parts):
+        models = {k: c[part] for k, c in cards.items() if c.get(part)}
+        bins = next(iter(models.values()))["bins"]
+        xs, width = np.arange(len(bins)), 0.8 / len(models)
+        for ax, key, label in zip(row, ("recall", "mean_score"), ("recall", "mean face probability")):
+            for i, (kind, p) in enumerate(models.items()):
+                vals = np.array([np.nan if b[key] is None else b[key] for b in p["bins"]])
+                ci = np.array([b[f"{key}_ci"] or [np.nan, np.nan] for b in p["bins"]], dtype=float)
+                err = np.abs(np.vstack([vals - ci[:, 0], ci[:, 1] - vals]))
+                ax.bar(xs + (i - (len(models) - 1) / 2) * width, vals, width, yerr=err, capsize=2,
+                       color=(colours or {}).get(kind), label=kind.upper())
+            names = [b["name"].replace(" (", "\n(") for b in bins]
+            ax.set_xticks(xs, [f"{n}\nn={b['faces']}" for n, b in zip(names, bins)], fontsize=7)
+            ax.set_ylim(0, 1.08)
+            ax.set_ylabel(label)
+            ax.set_title(f"{label} per {'group' if part == 'by_group' else 'latent-rarity decile'}", fontsize=10)
+            ax.legend(fontsize=7, loc="lower right")
     if footer:
         fig.text(0.01, 0.005, footer, fontsize=7, color="0.3", ha="left", va="bottom", wrap=True)
-    fig.tight_layout(rect=(0, 0.05 if footer else 0, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 if footer else 0, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 

@@ -11,22 +11,15 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from service.errors import problem_responses
 from service.problems import ProblemError
-from service.schemas import Problem
 
 API_PREFIX = "/v1"
 
-# Documented on every endpoint that takes uploads, so /docs shows the error shape and when it happens.
-UPLOAD_PROBLEMS: dict[int | str, dict] = {
-    413: {"model": Problem, "description": "Upload over the byte cap, or an image over the pixel cap",
-          "content": {"application/problem+json": {}}},
-    415: {"model": Problem, "description": "Not a JPEG, PNG, WebP, GIF, BMP or TIFF image",
-          "content": {"application/problem+json": {}}},
-    422: {"model": Problem, "description": "Missing file, empty or truncated image, bad parameter",
-          "content": {"application/problem+json": {}}},
-    503: {"model": Problem, "description": "Overloaded (see Retry-After) or not ready",
-          "content": {"application/problem+json": {}}},
-}
+# Every status an upload route can answer, so /docs and the OpenAPI document show the error shape and when.
+UPLOAD_PROBLEMS = problem_responses(400, 413, 415, 422, 503, 500)
+# Any route can meet a bug.
+UNEXPECTED = problem_responses(500)
 
 
 BOX_PATTERN = r"^\d{1,6},\d{1,6},\d{1,6},\d{1,6}$"

@@ -5,19 +5,22 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import MetricsDep, PipelineDep
+from service.errors import problem_responses
 from service.problems import ProblemError
-from service.schemas import Liveness, Problem, Readiness
+from service.routes import UNEXPECTED
+from service.schemas import Liveness, Readiness
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Liveness, summary="The process is alive")
+@router.get("/healthz", response_model=Liveness, summary="The process is alive", responses=UNEXPECTED)
 async def healthz() -> Liveness:
     return Liveness(status="alive")
 
 
 @router.get("/readyz", response_model=Readiness, summary="Models loaded and warmed up; not shutting down",
-            responses={503: {"model": Problem, "content": {"application/problem+json": {}}}})
+            responses=problem_responses(503, 500, described={
+                503: "Not ready: models not loaded or warmed up, a required GPU missing, or shutting down"}))
 async def readyz(pipeline: PipelineDep, metrics: MetricsDep) -> Readiness:
     reason = pipeline.not_ready_reason()
     metrics.ready.set(0 if reason else 1)

@@ -6,6 +6,7 @@ import onnxruntime as ort
 from fastapi import APIRouter
 
 from service.deps import PipelineDep
+from service.routes import UNEXPECTED
 from service.schemas import GraphInfo, ModelInfo, ModelsResponse
 
 router = APIRouter(tags=["models"])
@@ -15,7 +16,8 @@ def _args(args: list) -> list[dict]:
     return [{"name": a.name, "shape": a.shape, "type": a.type} for a in args]
 
 
-@router.get("/v1/models", response_model=ModelsResponse, summary="Loaded models, versions, providers, metrics")
+@router.get("/v1/models", response_model=ModelsResponse, summary="Loaded models, versions, providers, metrics",
+             responses=UNEXPECTED)
 async def list_models(pipeline: PipelineDep) -> ModelsResponse:
     runtime, settings = pipeline.runtime, pipeline.settings
     models = []
@@ -25,7 +27,7 @@ async def list_models(pipeline: PipelineDep) -> ModelsResponse:
             continue
         models.append(ModelInfo(
             name=name, version=entry.version, threshold=runtime.threshold(name),
-            default=name == settings.default_model, metrics=entry.metrics,
+            default=name == settings.default_model, metrics=entry.metrics, fairness=entry.fairness,
             graphs={role: GraphInfo(file=g.file, inputs=_args(g.session.get_inputs()),
                                     outputs=_args(g.session.get_outputs()), providers=g.providers,
                                     warmed_batch_sizes=g.warmed_batch_sizes) for role, g in graphs.items()},

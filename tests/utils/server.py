@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from service.process import ServerProcess as _Process
@@ -10,3 +13,17 @@ from service.process import ServerProcess as _Process
 class ServerProcess(_Process):
     def __init__(self, python: str, cwd: Path, env: dict[str, str], log: Path, args: tuple[str, ...] = ()):
         super().__init__([python, "-m", "service", *args], cwd, env, log)
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@contextmanager
+def serving(env: dict[str, str], log: Path) -> Iterator[ServerProcess]:
+    """`python -m service` from the checkout, ready, for the duration of the block (a module fixture's body)."""
+    proc = ServerProcess(sys.executable, REPO, {"FACEDET_PROVIDERS": "CPUExecutionProvider", **env}, log)
+    try:
+        proc.wait_ready()
+        yield proc
+    finally:
+        proc.stop()

@@ -3,11 +3,14 @@
 Decoding hundreds of thousands of JPEGs every epoch would make the CPU, not the model, the bottleneck,
 so the folders are converted once, in streaming chunks, into a cached HDF5 file in the lab layout and
 read lazily from there. Unreadable files are skipped and counted. When the face folder holds
-sub-folders (e.g. LF/ LM/ DF/ DM/), each face remembers its sub-folder as its group.
+sub-folders (e.g. LF/ LM/ DF/ DM/), each face remembers its sub-folder as its group; a CSV of `path,group`
+(paths relative to the face folder) names the groups instead. The non-face folder may be left out for an
+evaluation of faces alone (the fairness card).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import logging
 from pathlib import Path
@@ -30,6 +33,27 @@ def list_images(root: Path) -> list[Path]:
     if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}")
     return files
+
+
+def csv_groups(root: Path, files: list[Path], table: Path) -> tuple[np.ndarray, list[str]]:
+    """Group index per face from a `path,group` CSV (path relative to root); a face not in it has no group. A row
+    naming a file that is not among the faces is an error: a typo would silently drop faces from a group."""
+    try:
+        with open(table, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise DataError(f"cannot read the group table {table}: {exc}") from exc
+    if rows and not {"path", "group"} <= set(rows[0]):
+        raise DataError(f"{table}: expected the columns path,group, found {','.join(rows[0])}")
+    by_path = {Path(r["path"]).as_posix(): r["group"].strip() for r in rows}
+    known = {p.relative_to(root).as_posix() for p in files}
+    unknown = sorted(set(by_path) - known)
+    if unknown:
+        raise DataError(f"{table} names {len(unknown)} file(s) not found under {root}, e.g. {unknown[0]}")
+    names = sorted({g for g in by_path.values() if g})
+    index = {n: i for i, n in enumerate(names)}
+    rel = [p.relative_to(root).as_posix() for p in files]
+    return np.array([index.get(by_path.get(r, ""), NON_FACE_GROUP) for r in rel], dtype=np.int64), names
 
 
 def face_groups(root: Path, files: list[Path]) -> tuple[np.ndarray, list[str]]:
@@ -56,14 +80,19 @@ def cache_key(*lists: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def convert_folders(faces_dir: Path, non_faces_dir: Path, cache_dir: Path, chunk: int = 512) -> tuple[Path, int]:
+def convert_folders(faces_dir: Path, non_faces_dir: Path | None, cache_dir: Path, chunk: int = 512,
+                    groups_csv: Path | None = None) -> tuple[Path, int]:
     """-> (cached h5 path, number of unreadable files skipped). Re-uses the cache if nothing changed."""
-    faces, non_faces = list_images(faces_dir), list_images(non_faces_dir)
-    path = cache_dir / f"folders-{cache_key(faces, non_faces)}.h5"
+    if groups_csv is not None and not groups_csv.is_file():
+        raise DataError(f"no such group table: {groups_csv}")
+    faces = list_images(faces_dir)
+    non_faces = list_images(non_faces_dir) if non_faces_dir is not None else []
+    extra = [groups_csv] if groups_csv is not None else []
+    path = cache_dir / f"folders-{cache_key(faces, non_faces, extra)}.h5"
     skipped_file = path.with_suffix(".skipped")
     if path.is_file():
         return path, int(skipped_file.read_text()) if skipped_file.is_file() else 0
-    groups, names = face_groups(faces_dir, faces)
+    groups, names = csv_groups(faces_dir, faces, groups_csv) if groups_csv else face_groups(faces_dir, faces)
     items = [(p, 1, g) for p, g in zip(faces, groups)] + [(p, 0, NON_FACE_GROUP) for p in non_faces]
     skipped = 0
     with H5Writer(path, group_names=names) as writer:

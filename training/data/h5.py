@@ -22,8 +22,10 @@ class DataError(Exception):
 
 class H5Source:
     def __init__(self, path: str | Path, images_key: str = "images", labels_key: str = "labels",
-                 name: str = "h5"):
+                 name: str = "h5", faces_only: bool = False):
+        """faces_only: a set of faces alone is accepted (an evaluation of recall, e.g. the fairness card)."""
         self.path, self.images_key, self.labels_key, self.name = Path(path), images_key, labels_key, name
+        self.faces_only = faces_only
         if not self.path.is_file():
             raise DataError(f"h5 file not found: {self.path}")
         try:
@@ -49,7 +51,7 @@ class H5Source:
         y = np.asarray(labels[...]).reshape(-1)
         if not np.isin(y, (0, 1)).all():
             raise DataError(f"{self.path}: labels must be 0 (not face) or 1 (face)")
-        if images.shape[0] == 0 or y.min() == y.max():
+        if images.shape[0] == 0 or (y.min() == y.max() and not (self.faces_only and y.min() == 1)):
             raise DataError(f"{self.path}: needs both faces and non-faces (found {int(y.sum())} faces "
                             f"of {len(y)} images)")
         groups = np.asarray(f["groups"][...]).reshape(-1).astype(np.int64) if "groups" in f else None

@@ -11,16 +11,18 @@ from training.data.folders import convert_folders
 from training.data.h5 import DataError, H5Source
 
 
-def open_source(source: str, *, h5: str = "", faces: str = "", non_faces: str = "",
+def open_source(source: str, *, h5: str = "", faces: str = "", non_faces: str = "", groups: str = "",
                 cache_dir: str = "", builtin_non_faces: int = EXTRA_NON_FACES, seed: int = 0) -> H5Source:
+    """groups: a `path,group` CSV for the face folder (folders only); non_faces may be "" for faces alone."""
     cache = Path(cache_dir).expanduser()
     if source == "builtin":
         return H5Source(builtin_path(cache, builtin_non_faces, seed), name="builtin")
     if source == "h5":
         return H5Source(h5, name="h5")
     if source == "folders":
-        path, skipped = convert_folders(Path(faces), Path(non_faces), cache)
-        src = H5Source(path, name="folders")
+        path, skipped = convert_folders(Path(faces), Path(non_faces) if non_faces else None, cache,
+                                        groups_csv=Path(groups) if groups else None)
+        src = H5Source(path, name="folders", faces_only=not non_faces)
         src.skipped = skipped
         return src
     raise DataError(f"unknown source {source!r} (expected builtin, h5 or folders)")
@@ -51,3 +53,25 @@ def manifest_split(data: dict, cache_dir: str) -> tuple[H5Source, np.ndarray, np
                          builtin_non_faces=data.get("builtin_non_faces", EXTRA_NON_FACES), seed=data["seed"])
     train_idx, val_idx = stratified_split(source.labels, data["val_fraction"], data["seed"])
     return source, train_idx, val_idx
+
+
+def provenance(data: dict) -> dict:
+    """Where a manifest's training data (its `data` entry) came from and under which terms, for the fairness card."""
+    name = data.get("source", "builtin")
+    if name == "builtin":
+        return {"source": "builtin", "faces": "the 100 LFW face crops (25x25 grey) of scikit-image's lfw_subset: "
+                "news photographs of public figures collected from the web by Labeled Faces in the Wild (UMass "
+                "Amherst) for research",
+                "non_faces": "lfw_subset's 100 LFW background patches and crops of the people-free sample pictures "
+                "shipped with scikit-image and scikit-learn (licences per picture in their packages; scikit-learn's "
+                "china.jpg and flower.jpg: CC BY 2.0), plus hard negatives mined from the same pictures",
+                "licence": "LFW states no licence for its images; treat uses beyond research as unclear",
+                "commercial_use": "unclear"}
+    entry = {"source": name, "path": data.get("path") or data.get("faces", ""), "licence": "not known to this "
+             "package: the terms of whoever supplied the data apply", "commercial_use": "unknown"}
+    if name == "h5" and Path(entry["path"]).name == "train_face.h5":
+        entry.update(faces="CelebA faces, via the MIT 6.S191 lab's train_face.h5", non_faces="ImageNet crops",
+                     licence="CelebA's agreement allows non-commercial research and educational use only; "
+                     "ImageNet's terms are non-commercial too",
+                     commercial_use="no: models trained on CelebA may not be used commercially")
+    return entry
