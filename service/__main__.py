@@ -13,6 +13,7 @@ import sys
 import uvicorn
 
 from service.admission import Admission
+from service.http import protocol_class
 from service.main import create_app
 from service.manifest import ModelError
 from service.runtime import Runtime
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     admission = Admission(settings)
+    # The httptools protocol with header, timeout and connection limits (service/http.py).
     config = uvicorn.Config(create_app(settings, runtime, admission), host=settings.host, port=settings.port,
+                            http=protocol_class(settings), timeout_keep_alive=settings.keepalive_s,
                             log_level=settings.log_level, access_log=settings.access_log,
                             timeout_graceful_shutdown=settings.graceful_timeout_s)
     DrainingServer(config, admission, settings.shutdown_delay_s).run()

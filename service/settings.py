@@ -58,6 +58,21 @@ class Settings(BaseSettings):
     # so a load balancer has time to notice.
     shutdown_delay_s: float = Field(0.0, ge=0.0, le=300.0)
     graceful_timeout_s: float = Field(20.0, ge=0.0, le=600.0)
+    # Connection limits, enforced by the HTTP protocol itself (service/http.py): uvicorn's httptools path has none.
+    # The most bytes a request's header section (its field lines, not the request line, whose target the parser
+    # already refuses at 64 KiB) may take before a 431; nginx and uvicorn's h11 path allow a few tens of kB.
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1024 * 1024)
+    # A request's head must be in this many seconds after the connection opens (first request) or after its first
+    # byte (later ones), else 408; a connection that sends nothing is closed then.
+    header_timeout_s: float = Field(10.0, gt=0.0, le=600.0)
+    # A request's whole body must be in this many seconds after its head, else 408: 60 s takes a full
+    # FACEDET_MAX_UPLOAD_BYTES upload (10 MB) at 1.4 Mbit/s. Time the server itself stops reading is not counted.
+    body_timeout_s: float = Field(60.0, gt=0.0, le=3600.0)
+    # An idle kept-alive connection is closed after this many seconds (uvicorn's timeout_keep_alive).
+    keepalive_s: float = Field(5.0, gt=0.0, le=600.0)
+    # Requests on connections beyond this many open ones get a 503 (Retry-After) and a closed connection, except
+    # GET /healthz, so liveness holds under a connection flood.
+    max_connections: int = Field(1000, ge=1, le=100_000)
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -105,3 +105,14 @@ def test_model_card_has_both_breakdowns_and_group_calibration_only_where_faces_s
     no_labels = model_card(y, prob, 0.5, CardConfig(resamples=10), rarity_p=None, groups=None, group_names=None,
                            data={})
     assert no_labels["by_rarity"] is None and no_labels["by_group"] is None
+
+
+def test_the_card_says_where_the_training_data_came_from_and_when_it_forbids_commercial_use():
+    from training.data.sources import provenance
+
+    builtin = provenance({"source": "builtin"})
+    assert "lfw_subset" in builtin["faces"] and builtin["commercial_use"] == "unclear"
+    lab = provenance({"source": "h5", "path": "/data/train_face.h5"})  # the MIT lab's file, derived from CelebA
+    assert "CelebA" in lab["faces"] and lab["commercial_use"].startswith("no")
+    other = provenance({"source": "folders", "faces": "/srv/ppb"})
+    assert other["path"] == "/srv/ppb" and other["commercial_use"] == "unknown"
