@@ -1,8 +1,17 @@
 """Every error the app answers leaves as application/problem+json {type, title, status, detail}, and every status
 an operation can answer is in the OpenAPI document with that body (problem_responses).
 
-Some requests never reach the app. uvicorn's HTTP parser (httptools, which `python -m service` runs) answers these
-itself, with a text/plain 400 "Invalid HTTP request received." and a closed connection:
+Some requests never reach the app. The HTTP protocol (service/http.py, on uvicorn's httptools parser) answers these
+itself, as application/problem+json with `Connection: close`, and closes the connection:
+- 431 header-too-large: a request head, less its request target, over FACEDET_MAX_HEADER_BYTES;
+- 408 request-timeout: a head not in within FACEDET_HEADER_TIMEOUT_S, or a body not in within FACEDET_BODY_TIMEOUT_S
+  of its head (a body shorter than its Content-Length followed by silence ends here); where a response has already
+  started, the connection is only closed;
+- 503 too-many-connections (Retry-After): a request on a connection opened beyond FACEDET_MAX_CONNECTIONS, except
+  GET /healthz.
+A connection that sends nothing within FACEDET_HEADER_TIMEOUT_S, or nothing more within FACEDET_KEEPALIVE_S after a
+response, is closed without an answer.
+uvicorn's parser itself answers these with a text/plain 400 "Invalid HTTP request received." and a closed connection:
 - a request target (path and query string) of 65,536 bytes or more;
 - a request that is not valid HTTP/1.1: bad bytes in the request line or a header name, a Content-Length that is
   not a number, Content-Length together with Transfer-Encoding, a bad chunk size;
@@ -10,8 +19,7 @@ itself, with a text/plain 400 "Invalid HTTP request received." and a closed conn
   those bytes are read as the rest of the body and what is left of them does not parse; the short request itself
   gets no answer.
 A body shorter than its Content-Length gets no answer at all when the client then closes (or half-closes) the
-connection: the app sees the disconnect while parsing the form, with no one left to answer. While the client
-keeps the connection open and sends nothing, the server waits for the rest of the body with no time limit.
+connection: the app sees the disconnect while parsing the form, with no one left to answer.
 """
 
 from __future__ import annotations

@@ -4,15 +4,18 @@ uvicorn's h11 path caps a request's head, but the httptools path that `python -m
 time limit for it: a client could send header bytes forever, open a connection and say nothing, or stop halfway
 through a body, and the server would hold the memory and the connection. Here the server answers itself, before the
 app (or instead of it), with problem+json and `Connection: close`:
-- 431 when a request's header section passes FACEDET_MAX_HEADER_BYTES;
+- 431 when a request's head, less its request target, passes FACEDET_MAX_HEADER_BYTES (the method and version, every
+  header line and the blank line count; the target is the parser's: 65,536 bytes or more is its 400);
 - 408 when a request's head is not in FACEDET_HEADER_TIMEOUT_S after the connection opened (first request) or after
   its first byte (later ones), or its body is not in FACEDET_BODY_TIMEOUT_S after the head; a connection that has
   sent nothing by then is closed without an answer;
-- 503 (Retry-After) to a request on a connection beyond FACEDET_MAX_CONNECTIONS open ones, except GET /healthz.
+- 503 (Retry-After) to a request on a connection opened while FACEDET_MAX_CONNECTIONS others were open, as long
+  as that many still are, except GET /healthz: liveness holds under a connection flood.
 Idle kept-alive connections are uvicorn's own timeout_keep_alive (FACEDET_KEEPALIVE_S).
 
 httptools gathers a header's name and value inside the parser and hands them over only once complete, so header
-bytes are counted here on the raw bytes, fed to the parser no more than the cap allows at a time.
+bytes are counted here on the raw bytes, fed to the parser no more than the cap allows at a time. A pipelined
+request's first bytes, read together with the end of the request before, are not counted: at most one read (about 256 kB).
 """
 
 from __future__ import annotations
@@ -71,9 +74,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._url_bytes = 0  # of which the request target: bounded by the parser, not counted against the cap
         self._timer: TimerHandle | None = None  # the header deadline, the body deadline, or the linger
         self._refused = False  # answered here: whatever the client still sends is dropped unread
+        self._over_cap = False  # opened while FACEDET_MAX_CONNECTIONS others were: its requests may get a 503
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._over_cap = len(self.connections) > self.limits.max_connections
         self._arm(self.limits.header_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -87,12 +92,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         while data and self._in_head and not self.transport.is_closing():
             if self._timer is None:  # the first byte of a request on a kept-alive connection
                 self._arm(self.limits.header_timeout_s, self._head_timed_out)
-            # One byte more than the cap still allows: the parser either finishes the head within it or goes over.
-            room = limit - (self._head_bytes - self._url_bytes) + 1
+            # No more than the cap still allows: a head that has not ended when the cap is reached would pass it.
+            room = limit - (self._head_bytes - self._url_bytes)
             piece, data = data[:room], data[room:]
             self._head_bytes += len(piece)
             super().data_received(piece)
-            if self._in_head and self._head_bytes - self._url_bytes > limit:
+            if self._in_head and self._head_bytes - self._url_bytes >= limit:
                 self._refuse(431, "header-too-large", "Request header fields too large",
                              f"the request's header section exceeds the {limit}-byte limit (FACEDET_MAX_HEADER_BYTES)")
                 return
@@ -113,7 +118,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         self._in_head = False
         cycle, app = self.cycle, self.app
-        if len(self.connections) > self.limits.max_connections and not self._is_liveness_probe():
+        # Connections already served keep being served; a late one is refused while the crowd lasts.
+        if (self._over_cap and len(self.connections) > self.limits.max_connections
+                and not self._is_liveness_probe()):
             self.app = self._too_many_connections  # for this request only: uvicorn reads self.app just below
         try:
             super().on_headers_complete()
