@@ -7,6 +7,8 @@ The one place that decides per request; it calls the image layer (service/prepro
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal
@@ -17,10 +19,11 @@ from PIL import Image
 from service import render
 from service.admission import Admission
 from service.batcher import MicroBatcher
-from service.localiser import clip_boxes, face_square, locate
-from service.problems import ProblemError
+from service.budget import MB, decoded_bytes, scan_bytes
+from service.localiser import clip_boxes, face_square, locate, pyramid
 from service.preprocess import (Payload, centre_box, decode_batch, load, load_batch, load_photo, open_image,
-                                open_small, oriented_size, to_model_input)
+                                open_small, oriented_size, tiff_decode_unit, to_model_input)
+from service.problems import ProblemError
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -86,6 +89,37 @@ class Pipeline:
     def _decode(self, payloads: list[Payload]) -> np.ndarray:
         return decode_batch(payloads, self.size, self.settings.max_image_pixels)
 
+    # --- memory: every request decoded off the event loop first reserves what its images will take ---
+
+    def estimate(self, payloads: list[Payload], min_face: int | None) -> int:
+        """Peak bytes of decoding (and, with `min_face`, scanning the photos of) a request's images, from their
+        headers; they are decoded one after another, so the largest counts. 413 over FACEDET_MAX_REQUEST_MB."""
+        cfg, limit, peak = self.runtime.manifest.localiser, self.settings.max_request_mb * MB, 0
+        for label, data in payloads:
+            im = open_image(data, max_pixels=self.settings.max_image_pixels, label=label)
+            if min_face is None or max(im.size) <= cfg.crop_max_side:
+                nbytes = decoded_bytes(im, (2 * self.size, 2 * self.size), tiff_decode_unit(im))
+            else:  # as scan_photo: drafted to the pyramid's largest level, which is then scanned
+                smallest = min(1.0, cfg.window / min_face)
+                requested = (max(1, int(im.width * smallest)), max(1, int(im.height * smallest)))
+                nbytes = decoded_bytes(im, requested if smallest < 1.0 else None, tiff_decode_unit(im))
+                scales = pyramid(im.width, im.height, cfg, min_face, self.settings.max_scan_pixels)
+                if scales:
+                    nbytes += scan_bytes((round(im.width * scales[0]) + cfg.stride) *
+                                         (round(im.height * scales[0]) + cfg.stride))
+            if nbytes > limit:
+                raise ProblemError(413, "image-too-large", "Image too large",
+                                   f"{label}: a {im.width}x{im.height} {im.format} ({im.mode}) needs ~{nbytes // MB} MB "
+                                   f"to decode and scan, over the {limit // MB} MB limit (FACEDET_MAX_REQUEST_MB)")
+            peak = max(peak, nbytes)
+        return peak
+
+    @contextmanager
+    def reserve(self, payloads: list[Payload], min_face: int | None = None) -> Iterator[None]:
+        """Hold the request's estimate of the global memory budget while its images are decoded."""
+        with self.admission.reserve(self.estimate(payloads, min_face)):
+            yield
+
     # --- POST /detect ---
 
     async def find_faces(self, model: str, payloads: list[Payload], ask: FindFaces) -> list[Answer]:
@@ -100,7 +134,9 @@ class Pipeline:
             sizes = [oriented_size(open_image(data, max_pixels=self.settings.max_image_pixels, label=label), label)
                      for label, data in payloads]
             if all(max(size) <= crop_side for size in sizes):
-                return self._crop_answers(model, ask, sizes, await batcher.submit(payloads, len(payloads)))
+                with self.reserve(payloads):
+                    probabilities = await batcher.submit(payloads, len(payloads))
+                return self._crop_answers(model, ask, sizes, probabilities)
         else:
             images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
             if images is not None:
@@ -108,7 +144,8 @@ class Pipeline:
                 if all(max(size) <= crop_side for size in sizes):  # small crops: answered here, as before
                     return self._crop_answers(model, ask, sizes,
                                               self.runtime.classify(model, load_batch(images, self.size)))
-        return await self.admission.run(self._find_faces, model, payloads, ask)
+        with self.reserve(payloads, ask.min_face_size or self.runtime.manifest.localiser.min_face_size):
+            return await self.admission.run(self._find_faces, model, payloads, ask)
 
     def crop_threshold(self, model: str, ask: FindFaces) -> float:
         return self.runtime.threshold(model) if ask.threshold is None else ask.threshold
@@ -154,11 +191,13 @@ class Pipeline:
         (FACEDET_INLINE_MAX_PIXELS), else in the pool, alone or in a micro-batch if that is enabled."""
         batcher = self.batchers.get(model)
         if batcher is not None:
-            return await batcher.submit(payloads, len(payloads))
+            with self.reserve(payloads):
+                return await batcher.submit(payloads, len(payloads))
         images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
         if images is not None:  # small enough to be cheaper here than a round trip through the pool
             return self.runtime.classify(model, load_batch(images, self.size))
-        return await self.admission.run(lambda: self.runtime.classify(model, self._decode(payloads)))
+        with self.reserve(payloads):
+            return await self.admission.run(lambda: self.runtime.classify(model, self._decode(payloads)))
 
     def detect_many(self, model: str, requests: list[list[Payload]]) -> list[np.ndarray | Exception]:
         """Several requests' images -> one inference; a request whose upload fails gets only its own error."""
@@ -215,7 +254,8 @@ class Pipeline:
             face, choice = self.face_input(payload, box)
             return render.png(self.runtime.generate(self.runtime.encode(to_model_input([face])))[0]), choice
 
-        return await self.admission.run(job)
+        with self.reserve([payload], self.runtime.manifest.localiser.min_face_size):
+            return await self.admission.run(job)
 
     async def morph(self, a: Payload, b: Payload, steps: int, fmt: MorphFormat, box_a: Box | None = None,
                     box_b: Box | None = None) -> tuple[bytes | list[str], float, tuple[FaceChoice, FaceChoice]]:
@@ -232,4 +272,5 @@ class Pipeline:
                 return (render.base64_pngs(frames), frame_distances(frames)), distance, choices
             return (render.gif(frames) if fmt == "gif" else render.png_strip(frames)), distance, choices
 
-        return await self.admission.run(job)
+        with self.reserve([a, b], self.runtime.manifest.localiser.min_face_size):
+            return await self.admission.run(job)

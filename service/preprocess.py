@@ -12,11 +12,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from service.problems import ProblemError
 
 Image.init()  # register every plugin now: open(formats=...) only looks up those already registered
+
+# Metadata a face service has no use for beyond EXIF orientation: an EXIF, ICC or XMP block over this is refused
+# (413) before it is parsed; parsing a 5 MB EXIF blob in a PNG cost 41 MB. PNG text chunks are held to the same
+# total by Pillow itself (its default allows 64 MB of them).
+MAX_METADATA_BYTES = 1024 * 1024
+METADATA_KEYS = ("exif", "icc_profile", "xmp", "XML:com.adobe.xmp")
+PngImagePlugin.MAX_TEXT_MEMORY = MAX_METADATA_BYTES
+PngImagePlugin.MAX_TEXT_CHUNK = min(PngImagePlugin.MAX_TEXT_CHUNK, MAX_METADATA_BYTES)
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # Pillow's names; JPEG covers MPO phone photos
 ALLOWED_TEXT = "JPEG, PNG, WebP, GIF, BMP or TIFF"
@@ -73,7 +81,19 @@ def open_image(data: bytes, *, max_pixels: int, label: str = "image") -> Image.I
             raise ProblemError(413, "image-too-large", "Image too large",
                                f"{label}: a TIFF {unit[0]}x{unit[1]} tile or strip exceeds the {max_pixels}-pixel "
                                "limit (FACEDET_MAX_IMAGE_PIXELS)")
+        check_metadata(im, label)
         return im
+
+
+def check_metadata(im: Image.Image, label: str) -> None:
+    """413 for an EXIF, ICC or XMP block over MAX_METADATA_BYTES. Run on opening and again after decoding, which
+    may have read a PNG's late eXIf chunk, before anything parses it (EXIF orientation)."""
+    for key in METADATA_KEYS:
+        value = im.info.get(key)
+        if isinstance(value, (bytes, str)) and len(value) > MAX_METADATA_BYTES:
+            raise ProblemError(413, "metadata-too-large", "Image metadata too large",
+                               f"{label}: its {key} block holds {len(value)} bytes; at most {MAX_METADATA_BYTES} "
+                               "are accepted")
 
 
 def tiff_decode_unit(im: Image.Image) -> tuple[int, int] | None:
@@ -92,6 +112,7 @@ def load(im: Image.Image, *, size: int, label: str = "image") -> np.ndarray:
     with image_problems(label), im:
         im.draft(None, (2 * size, 2 * size))  # JPEG only: see training/data/image.py, load_image
         im.load()
+        check_metadata(im, label)
         return prepare(im, size)
 
 
@@ -104,6 +125,7 @@ def load_photo(im: Image.Image, *, smallest: float = 1.0, label: str = "image") 
         if smallest < 1.0:
             im.draft("RGB", (max(1, int(full[0] * smallest)), max(1, int(full[1] * smallest))))
         im.load()
+        check_metadata(im, label)
         factor = full[0] / im.size[0]
         ImageOps.exif_transpose(im, in_place=True)
         return to_rgb(im), factor

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import onnxruntime as ort
 from PIL import Image
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The models committed with the repository (baked into the image at /app/models).
@@ -42,6 +42,17 @@ class Settings(BaseSettings):
     # /detect requests whose images hold at most this many pixels together (64 x 64: the model's own input
     # size) are decoded and classified on the event loop: cheaper than the hand-off to a worker thread and
     # back (bench/load.py). Larger ones use the pool. 0: always the pool.
+    # Memory, worked out per image from its header before decoding (service/budget.py: the decoded first frame,
+    # its RGB copies and the pyramid scan). A request whose largest image would take more than this is refused
+    # with 413 (its images are decoded one after another, so the largest counts). 768 MB admits a 12 MP phone
+    # photo (~540 MB, most of it the 8 M-pixel scan) and refuses a 7000x7000 PNG (>= 840 MB) before decoding it.
+    max_request_mb: int = Field(768, ge=64, le=65_536)
+    # All in-flight requests together may hold this much (each reserves its estimate before decoding and gives it
+    # back when done, errors included); a request that does not fit gets 503 + Retry-After at once rather than
+    # queueing, and one estimated under 16 MB (a crop, a small photo) is never refused for it: small requests do
+    # not wait behind big ones. 1536: two requests at
+    # the per-request limit, one per default worker thread.
+    memory_budget_mb: int = Field(1536, ge=64, le=1_048_576)
     inline_max_pixels: int = Field(4096, ge=0, le=1_000_000)
     worker_threads: int = Field(2, ge=1, le=64)
     intra_op_threads: int = Field(1, ge=0, le=64)
@@ -90,6 +101,14 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown ONNX Runtime provider(s) {unknown}")
         return value
+
+
+    @model_validator(mode="after")
+    def _budget_holds_a_request(self) -> Settings:
+        if self.memory_budget_mb < self.max_request_mb:
+            raise ValueError(f"FACEDET_MEMORY_BUDGET_MB={self.memory_budget_mb} is under FACEDET_MAX_REQUEST_MB="
+                             f"{self.max_request_mb}: a request under the one would never fit the other")
+        return self
 
 
 class SettingsError(Exception):

@@ -1,0 +1,57 @@
+"""How much memory an image will take while the service decodes and scans it, worked out from its header before
+any pixel is decoded, so that a small file declaring a huge image is refused (413) or held back (503) up front.
+
+Only the first frame of any file is decoded (GIF and WebP animations, multi-page TIFFs): that is what is counted.
+The per-pixel figures are peaks measured on the service's own path (load_photo: decode -> EXIF orientation ->
+to_rgb), tests/test_service_budget.py keeps them honest. PNG, GIF, BMP, WebP and TIFF cannot decode at a
+reduced size (Image.reduce only shrinks what is already decoded), so they count in full; JPEG counts at the DCT
+scale its draft will pick.
+"""
+
+from __future__ import annotations
+
+from PIL import Image
+
+MB = 1024 * 1024
+
+# Peak bytes per decoded pixel, the decoded image included: Pillow keeps every multi-band mode in 4 bytes a pixel,
+# RGB becomes a copy, alpha is composited over a white canvas (three RGBA images at once), 16/32-bit grey goes
+# through numpy arrays before it is 8-bit.
+PEAK_BYTES_PER_PIXEL = {"1": 5, "L": 5, "P": 13, "RGB": 8, "YCbCr": 8, "CMYK": 8, "LAB": 8, "HSV": 8, "RGBX": 8,
+                        "LA": 16, "La": 16, "PA": 16, "RGBA": 16, "RGBa": 16, "I;16": 20, "I;16B": 20,
+                        "I;16L": 20, "I;16N": 20, "I": 21, "F": 12}
+UNKNOWN_MODE_BYTES = 21  # the largest above: a mode Pillow adds later is not under-counted
+# A TIFF is decoded one tile or strip at a time into a buffer of its own, up to 4 samples of 16 bits a pixel.
+TIFF_UNIT_BYTES_PER_PIXEL = 8
+# One pyramid level's scan: the float32 level twice (scaling, then padding and transposing) plus the scan graph's
+# first activations in ONNX Runtime's arena. Measured: a 1920x1280 JPEG's first scan (6.3 M pixels at level 0)
+# raised the server's peak resident memory by 360 MB, ~54 bytes a level pixel.
+SCAN_BYTES_PER_PIXEL = 56
+
+
+def draft_size(im: Image.Image, requested: tuple[int, int] | None) -> tuple[int, int]:
+    """The size a JPEG decodes at after draft(mode, requested): the largest DCT scale 1/8..1 that keeps both sides
+    at least the requested ones (Pillow's JpegImageFile.draft). Other formats, or no request: the full size."""
+    w, h = im.size
+    if im.format not in ("JPEG", "MPO") or requested is None:
+        return w, h
+    scale = min(w // max(1, requested[0]), h // max(1, requested[1]))
+    f = next((f for f in (8, 4, 2) if scale >= f), 1)
+    return (w + f - 1) // f, (h + f - 1) // f
+
+
+def decoded_bytes(im: Image.Image, requested: tuple[int, int] | None = None,
+                  tiff_unit: tuple[int, int] | None = None) -> int:
+    """Peak bytes of decoding an opened (not yet loaded) image's first frame and making it 8-bit RGB, its EXIF
+    orientation applied; `requested` is the size a JPEG is drafted to, `tiff_unit` a TIFF's tile or strip."""
+    w, h = draft_size(im, requested)
+    total = w * h * PEAK_BYTES_PER_PIXEL.get(im.mode, UNKNOWN_MODE_BYTES)
+    if tiff_unit is not None:
+        total += tiff_unit[0] * tiff_unit[1] * TIFF_UNIT_BYTES_PER_PIXEL
+    return total
+
+
+def scan_bytes(level_pixels: int) -> int:
+    """Peak bytes of scanning the pyramid whose largest level holds `level_pixels` (the others are smaller, and
+    freed before the next)."""
+    return level_pixels * SCAN_BYTES_PER_PIXEL
