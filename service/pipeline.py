@@ -91,12 +91,16 @@ class Pipeline:
 
     # --- memory: every request decoded off the event loop first reserves what its images will take ---
 
-    def estimate(self, payloads: list[Payload], min_face: int | None) -> int:
-        """Peak bytes of decoding (and, with `min_face`, scanning the photos of) a request's images, from their
-        headers; they are decoded one after another, so the largest counts. 413 over FACEDET_MAX_REQUEST_MB."""
+    def open_all(self, payloads: list[Payload]) -> list[tuple[str, Image.Image]]:
+        """Every image opened (headers only), once: the estimate reads them here, the pool decodes them later."""
+        return [(label, open_image(data, max_pixels=self.settings.max_image_pixels, label=label))
+                for label, data in payloads]
+
+    def estimate(self, images: list[tuple[str, Image.Image]], min_face: int | None) -> int:
+        """Peak bytes of decoding (and, with `min_face`, scanning the photos of) a request's opened images, from
+        their headers; they are decoded one after another, so the largest counts. 413 over FACEDET_MAX_REQUEST_MB."""
         cfg, limit, peak = self.runtime.manifest.localiser, self.settings.max_request_mb * MB, 0
-        for label, data in payloads:
-            im = open_image(data, max_pixels=self.settings.max_image_pixels, label=label)
+        for label, im in images:
             if min_face is None or max(im.size) <= cfg.crop_max_side:
                 nbytes = decoded_bytes(im, (2 * self.size, 2 * self.size), tiff_decode_unit(im))
             else:  # as scan_photo: drafted to the pyramid's largest level, which is then scanned
@@ -115,9 +119,9 @@ class Pipeline:
         return peak
 
     @contextmanager
-    def reserve(self, payloads: list[Payload], min_face: int | None = None) -> Iterator[None]:
+    def reserve(self, images: list[tuple[str, Image.Image]], min_face: int | None = None) -> Iterator[None]:
         """Hold the request's estimate of the global memory budget while its images are decoded."""
-        with self.admission.reserve(self.estimate(payloads, min_face)):
+        with self.admission.reserve(self.estimate(images, min_face)):
             yield
 
     # --- POST /detect ---
@@ -131,10 +135,10 @@ class Pipeline:
         crop_side = self.runtime.manifest.localiser.crop_max_side
         batcher = self.batchers.get(model)
         if batcher is not None:  # crops go through the micro-batcher as with boxes=false; photos are scanned
-            sizes = [oriented_size(open_image(data, max_pixels=self.settings.max_image_pixels, label=label), label)
-                     for label, data in payloads]
+            images = self.open_all(payloads)
+            sizes = [oriented_size(im, label) for label, im in images]
             if all(max(size) <= crop_side for size in sizes):
-                with self.reserve(payloads):
+                with self.reserve(images):
                     probabilities = await batcher.submit(payloads, len(payloads))
                 return self._crop_answers(model, ask, sizes, probabilities)
         else:
@@ -144,8 +148,9 @@ class Pipeline:
                 if all(max(size) <= crop_side for size in sizes):  # small crops: answered here, as before
                     return self._crop_answers(model, ask, sizes,
                                               self.runtime.classify(model, load_batch(images, self.size)))
-        with self.reserve(payloads, ask.min_face_size or self.runtime.manifest.localiser.min_face_size):
-            return await self.admission.run(self._find_faces, model, payloads, ask)
+        images = images if images is not None else self.open_all(payloads)
+        with self.reserve(images, ask.min_face_size or self.runtime.manifest.localiser.min_face_size):
+            return await self.admission.run(self._find_faces, model, images, ask)
 
     def crop_threshold(self, model: str, ask: FindFaces) -> float:
         return self.runtime.threshold(model) if ask.threshold is None else ask.threshold
@@ -156,13 +161,12 @@ class Pipeline:
         return [Answer(float(p), threshold, np.array([[*centre_box(*size), p]]) if p >= threshold else np.zeros((0, 5)))
                 for size, p in zip(sizes, probabilities)]
 
-    def _find_faces(self, model: str, payloads: list[Payload], ask: FindFaces) -> list[Answer]:
-        """In the pool: decode, then classify the crops together and scan the photos one by one."""
+    def _find_faces(self, model: str, images: list[tuple[str, Image.Image]], ask: FindFaces) -> list[Answer]:
+        """In the pool: decode the opened images, then classify the crops together and scan the photos one by one."""
         cfg = self.runtime.manifest.localiser
-        answers: list[Answer | None] = [None] * len(payloads)
+        answers: list[Answer | None] = [None] * len(images)
         crops: list[tuple[int, np.ndarray, tuple[int, int]]] = []
-        for i, (label, data) in enumerate(payloads):
-            im = open_image(data, max_pixels=self.settings.max_image_pixels, label=label)
+        for i, (label, im) in enumerate(images):
             size = oriented_size(im, label)
             if max(size) <= cfg.crop_max_side:
                 crops.append((i, load(im, size=self.size, label=label), size))
@@ -191,13 +195,14 @@ class Pipeline:
         (FACEDET_INLINE_MAX_PIXELS), else in the pool, alone or in a micro-batch if that is enabled."""
         batcher = self.batchers.get(model)
         if batcher is not None:
-            with self.reserve(payloads):
+            with self.reserve(self.open_all(payloads)):
                 return await batcher.submit(payloads, len(payloads))
         images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
         if images is not None:  # small enough to be cheaper here than a round trip through the pool
             return self.runtime.classify(model, load_batch(images, self.size))
-        with self.reserve(payloads):
-            return await self.admission.run(lambda: self.runtime.classify(model, self._decode(payloads)))
+        images = self.open_all(payloads)
+        with self.reserve(images):
+            return await self.admission.run(lambda: self.runtime.classify(model, load_batch(images, self.size)))
 
     def detect_many(self, model: str, requests: list[list[Payload]]) -> list[np.ndarray | Exception]:
         """Several requests' images -> one inference; a request whose upload fails gets only its own error."""
@@ -254,7 +259,7 @@ class Pipeline:
             face, choice = self.face_input(payload, box)
             return render.png(self.runtime.generate(self.runtime.encode(to_model_input([face])))[0]), choice
 
-        with self.reserve([payload], self.runtime.manifest.localiser.min_face_size):
+        with self.reserve(self.open_all([payload]), self.runtime.manifest.localiser.min_face_size):
             return await self.admission.run(job)
 
     async def morph(self, a: Payload, b: Payload, steps: int, fmt: MorphFormat, box_a: Box | None = None,
@@ -272,5 +277,5 @@ class Pipeline:
                 return (render.base64_pngs(frames), frame_distances(frames)), distance, choices
             return (render.gif(frames) if fmt == "gif" else render.png_strip(frames)), distance, choices
 
-        with self.reserve([a, b], self.runtime.manifest.localiser.min_face_size):
+        with self.reserve(self.open_all([a, b]), self.runtime.manifest.localiser.min_face_size):
             return await self.admission.run(job)
