@@ -37,6 +37,9 @@ evaluate: install
 # Benchmarks also need OpenCV (Haar cascade baseline); kept out of the test environment.
 $(VENV)/.installed-bench: $(VENV)/.installed
 	$(PY) -m pip install --quiet -e ".[bench]"
+	@command -v wrk >/dev/null || ! command -v apt-get >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk) >/dev/null 2>&1 || \
+		echo "note: wrk (Debian package) is not installed: bench.load runs without its wrk cells"
 	touch $@
 
 install-bench: $(VENV)/.installed-bench
@@ -49,8 +52,11 @@ bench: install-bench  ## benchmarks: tables printed, JSON in bench/results/ (a f
 	$(PY) -m bench.quality
 	$(PY) -m bench.ddp
 
-bench-load: install-bench  ## benchmark 2: the service under load vs a framework floor and a naive peer (~8 min)
+bench-load: install-bench  ## serving: under load vs a floor and a naive peer, memory per request, worker scaling (~17 min)
 	$(PY) -m bench.load
+	$(PY) -m bench.memory
+	$(PY) -m bench.scaling --payload png64 --out scaling_png64
+	$(PY) -m bench.scaling --payload jpeg640x480 --out scaling_photo
 
 gpu-check:  ## benchmark 5, on a GPU machine (< 5 min; without a GPU it says so and keeps no results)
 	bash bench/gpu_check.sh

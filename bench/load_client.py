@@ -10,7 +10,9 @@ cap the floor's requests/s and flatter every ratio against it. The request bytes
 the client only writes them and reads the status line, the headers and Content-Length bytes of body.
 Latency and errors: every request started between the end of the warm-up and the deadline (those still in
 flight at the deadline are waited for, so the tail is not cut off); requests/s: successful answers that
-arrived inside that window, divided by its length.
+arrived inside that window, divided by its length. A 503 with Retry-After holds its connection back that long
+before its next request, as a well-behaved client (and urllib3's Retry) does: a client that retried at once would
+turn each refusal into a storm of them, on this machine's own cores.
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def multipart_request(url: str, data: bytes, filename: str, content_type: str) -
     return head.encode() + body
 
 
-async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> tuple[int, bytes, bool]:
-    """-> (status, body, server wants the connection closed)."""
+async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+              request: bytes) -> tuple[int, bytes, bool, float]:
+    """-> (status, body, server wants the connection closed, its Retry-After in seconds or 0)."""
     writer.write(request)
     await writer.drain()
     head = await reader.readuntil(b"\r\n\r\n")
@@ -47,7 +50,8 @@ async def one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reques
     status = int(lines[0].split()[1])
     headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:] if ln)}
     body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, body, headers.get("connection", "").lower() == "close"
+    retry = headers.get("retry-after", "0")
+    return status, body, headers.get("connection", "").lower() == "close", float(retry) if retry.isdigit() else 0.0
 
 
 async def worker(host: str, port: int, request: bytes, start: float, deadline: float, out: list, sample: list):
@@ -57,12 +61,16 @@ async def worker(host: str, port: int, request: bytes, start: float, deadline: f
         try:
             if conn is None:
                 conn = await asyncio.open_connection(host, port)
-            status, body, close = await asyncio.wait_for(one(*conn, request), TIMEOUT_S)
+            status, body, close, retry_after = await asyncio.wait_for(one(*conn, request), TIMEOUT_S)
             if close:
                 conn[1].close()
                 conn = None
             if status == 200 and not sample:
                 sample.append(body.decode("utf-8", "replace")[:400])
+            if status == 503 and retry_after:  # as a well-behaved client does: this connection waits that long
+                out.append((t0, time.perf_counter(), status))
+                await asyncio.sleep(max(0.0, min(retry_after, deadline - time.perf_counter())))
+                continue
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, IndexError):
             status = 0
             if conn is not None:
@@ -85,6 +93,7 @@ async def drive(url: str, request: bytes, concurrency: int, seconds: float, warm
     cpu1 = os.times()
     started = [(t1 - t0, s) for t0, t1, s in out if start <= t0 < deadline]
     lat = np.array([t for t, s in started if s == 200]) * 1e3
+    refused = np.array([t for t, s in started if s == 503]) * 1e3  # overload answers: they must come fast
     statuses: dict[str, int] = {}
     for _, s in started:
         statuses[str(s)] = statuses.get(str(s), 0) + 1
@@ -93,6 +102,7 @@ async def drive(url: str, request: bytes, concurrency: int, seconds: float, warm
             "statuses": statuses, "rps": answered / seconds, "seconds": seconds,
             **{f"p{q}_ms": (float(np.percentile(lat, q)) if len(lat) else None) for q in (50, 95, 99)},
             "max_ms": float(lat.max()) if len(lat) else None,
+            "p99_503_ms": float(np.percentile(refused, 99)) if len(refused) else None,
             "client_cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), "sample_body": sample[:1]}
 
 

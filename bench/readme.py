@@ -134,17 +134,66 @@ def ddp(d: dict | None, acc: dict | None) -> list[str]:
     return out
 
 
+def _cell(value) -> str:
+    return f"{value:,.1f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
 def load(d: dict) -> list[str]:
-    keys = ["target", "payload", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "errors"]
-    rows = [[r.get(k, "") if not isinstance(r.get(k), float) else f"{r[k]:,.1f}" for k in keys] for r in d["rows"]]
+    own = [r for r in d["rows"] if r.get("generator", "own") == "own"]
+    wrk = [r for r in d["rows"] if r.get("generator") == "wrk"]
+    keys = ["target", "payload", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "p99_503_ms"]
     out = ["### The service under load (`python -m bench.load`)", "",
            "`detect` on the 640x480 JPEG finds every face in the photo (the localiser's pyramid scan); the naive "
            "peer and the framework floor classify one centre crop or do no work, so on that payload they are no "
-           "like-for-like baseline: the localiser's own speed is in *Finding faces in photos* above.", "",
-           *_table(keys, rows), ""]
+           "like-for-like baseline: the localiser's own speed is in *Finding faces in photos* above. "
+           "`detect-unbounded` is `detect` with no bound on the event loop's inline work per turn "
+           "(`FACEDET_INLINE_TURN_BUDGET_MS`), as before that setting. `errors` counts every answer other than 200 "
+           "(the photo payload's 503s, `FACEDET_MAX_QUEUE_WAIT_S`, among them; `p99_503_ms`: how fast they came).",
+           "", "The own client (`bench/load_client.py`: latencies after a 1 s warm-up on open connections):", "",
+           *_table(keys, [[_cell(r.get(k)) for k in keys] for r in own]), ""]
+    if wrk:
+        w = d.get("wrk") or {}
+        keys = ["target", "payload", "concurrency", "rps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "timeouts",
+                "errors"]
+        out += [f"wrk (one thread, {w.get('seconds', 0):g} s a cell, --timeout {w.get('timeout_s', 0):g} s; every "
+                "request of the run counted, the first ones on each new connection included):", "",
+                *_table(keys, [[_cell(r.get(k)) for k in keys] for r in wrk]), ""]
     if "summary" in d:
         out += ["```", *[f"{k}: {v}" for k, v in d["summary"].items()], "```", ""]
     return out + [_source("load", d)]
+
+
+def memory(d: dict) -> list[str]:
+    rows = [[r["kind"], r["upload"], f"{r['bytes']:,}", r["status"], f"{r['seconds']:.2f}", f"{r['added_mb']:.0f}"]
+            for r in d["rows"]]
+    mixes = [[m["mix"], "/".join(map(str, m["statuses"])), "/".join(map(str, m.get("normal_statuses", []))),
+              f"{m['added_mb']:.0f}", f"{m['normal_alone_ms']:.0f}", f"{m['normal_during_ms']:.0f}",
+              f"{m['wait_ms']:.0f}"] for m in d["mixes"]]
+    return ["### Memory per request (`python -m bench.memory`)", "",
+            "Peak resident memory each upload added to a running `python -m service` (VmHWM after, minus VmRSS "
+            "before), on the default settings:", "",
+            *_table(["kind", "upload", "bytes", "status", "s", "peak added MB"], rows), "",
+            "Mixes, with a normal request (a 640x480 JPEG) timed alone and while the mix is in flight (medians of 10):",
+            "", *_table(["mix", "its answers", "normal answers", "peak added MB", "normal alone ms",
+                         "normal during ms", "wait ms"], mixes), "",
+            "Goals: " + "; ".join(f"{k}: {'met' if v else 'MISSED'}" for k, v in d["goals"].items()) + ".", "",
+            _source("memory", d)]
+
+
+def scaling(name: str, d: dict) -> list[str]:
+    s = d["settings"]
+    keys = ["workers", "concurrency", "rps", "efficiency", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_req",
+            "server_pss_mb"]
+    rows = [[_cell(r.get(k)) if k != "efficiency" or r.get(k) is None else f"{r[k]:.2f}" for k in keys]
+            for r in d["rows"]]
+    goal = "; ".join(f"{k}: " + (", ".join(f"{n} {v}" for n, v in g.items()) or "no count to judge")
+                     for k, g in d["goal"].items())
+    return [f"### Worker processes (`python -m bench.scaling --payload {s['payload']}`)", "",
+            f"`FACEDET_WORKERS` = 1, 2, …, each its own `python -m service`, /v1/detect on the `{s['payload']}` "
+            f"payload, FACEDET_WORKER_THREADS {s.get('worker_threads', 'default (2)')}, driven by "
+            f"{'wrk' if s.get('generator') == 'wrk' else 'the own client (bench/load_client.py)'} on the same machine ({d['machine']['usable_cores']} usable cores: the "
+            "generator's CPU is taken from the server's).", "",
+            *_table(keys, rows), "", f"Goal, {goal}.", "", _source(name, d)]
 
 
 def gpu(summary: dict | None) -> list[str]:
@@ -244,11 +293,15 @@ def localise(d: dict) -> list[str]:
 
 def section() -> str:
     parts: list[str] = []
-    for name, render in (("localise", localise), ("inference", inference), ("load", load), ("training", training),
-                         ("quality", quality)):
+    for name, render in (("localise", localise), ("inference", inference), ("load", load), ("memory", memory),
+                         ("training", training), ("quality", quality)):
         data = read_result(name)
         if data:
             parts += render(data) + [""]
+        if name == "memory":
+            for scaled in ("scaling_png64", "scaling_photo"):
+                if data := read_result(scaled):
+                    parts += scaling(scaled, data) + [""]
     parts += ddp(read_result("ddp"), read_result("ddp_accuracy")) + [""]
     parts += gpu(read_result("gpu_check"))
     return "\n".join(parts).rstrip() + "\n"

@@ -4,6 +4,7 @@ run their CPU work (decoding, inference) off the event loop."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
@@ -30,6 +31,14 @@ class Admission:
         self.memory_reserved = 0  # bytes in-flight requests hold of the budget now
         self.memory_peak = 0  # the most they held at once (tests, and a gauge for operators to come)
         self.draining = False  # set on SIGTERM: readiness turns 503 while admitted requests finish
+        # Small requests' work on the event loop, per turn of it (FACEDET_INLINE_TURN_BUDGET_MS): without the bound,
+        # wrk at 64 connections saw late connections' first answers after up to ~1 s, while no request the server had
+        # read took more than ~0.1 s.
+        self.inline_turn_budget_s = settings.inline_turn_budget_ms / 1e3
+        self.max_queue_wait_s = settings.max_queue_wait_s
+        self.backlog_s = 0.0  # estimated seconds of costed work (photo scans) queued or running in the pool
+        self.costed = 0  # how many such jobs
+        self._inline_spent = 0.0  # seconds of inline work in this turn of the event loop so far
         self._pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="inference")
 
     @asynccontextmanager
@@ -65,9 +74,42 @@ class Admission:
         finally:
             self.memory_reserved -= nbytes
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU work in the bounded pool, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+    def inline_room(self) -> bool:
+        """Whether this turn of the event loop may still do a small request's work itself."""
+        return self._inline_spent < self.inline_turn_budget_s
+
+    @contextmanager
+    def inline(self) -> Iterator[None]:
+        """Time work done on the event loop against this turn's budget; the next turn starts afresh."""
+        if self._inline_spent == 0.0:  # a callback scheduled now runs in the loop's next turn, after its I/O poll
+            asyncio.get_running_loop().call_soon(self._new_turn)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._inline_spent += max(time.perf_counter() - start, 1e-9)
+
+    def _new_turn(self) -> None:
+        self._inline_spent = 0.0
+
+    async def run(self, fn: Callable[..., T], *args: Any, cost_s: float = 0.0) -> T:
+        """Run CPU work in the bounded pool, off the event loop. Work with an estimated cost (a photo scan) starts
+        at once while a pool thread is free of such work; past that it queues only if the costed work ahead of it
+        would let it start within FACEDET_MAX_QUEUE_WAIT_S, else it gets 503 + Retry-After now."""
+        if cost_s > 0.0 and self.costed >= self.workers:
+            wait_s = self.backlog_s / self.workers
+            if wait_s > self.max_queue_wait_s:
+                raise ProblemError(503, "queue-full", "Service overloaded",
+                                   f"the photos ahead of this one would hold it ~{wait_s:.1f} s before it starts, "
+                                   f"over FACEDET_MAX_QUEUE_WAIT_S={self.max_queue_wait_s:g}; retry shortly",
+                                   headers={"Retry-After": str(self.retry_after_s)})
+        self.backlog_s += cost_s
+        self.costed += cost_s > 0.0
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            self.costed -= cost_s > 0.0
+            self.backlog_s = max(0.0, self.backlog_s - cost_s) if self.costed else 0.0  # no float residue
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

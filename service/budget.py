@@ -23,10 +23,12 @@ PEAK_BYTES_PER_PIXEL = {"1": 5, "L": 5, "P": 13, "RGB": 8, "YCbCr": 8, "CMYK": 8
 UNKNOWN_MODE_BYTES = 21  # the largest above: a mode Pillow adds later is not under-counted
 # A TIFF is decoded one tile or strip at a time into a buffer of its own, up to 4 samples of 16 bits a pixel.
 TIFF_UNIT_BYTES_PER_PIXEL = 8
-# One pyramid level's scan: the float32 level twice (scaling, then padding and transposing) plus the scan graph's
-# first activations in ONNX Runtime's arena. Measured: a 1920x1280 JPEG's first scan (6.3 M pixels at level 0)
-# raised the server's peak resident memory by 360 MB, ~54 bytes a level pixel.
-SCAN_BYTES_PER_PIXEL = 56
+# A pyramid level is held as 8-bit RGB, 3 bytes a pixel, and scanned in bands (service/localiser.py): a band's
+# float32 copy plus the scan graph's activations in ONNX Runtime's arena. Measured on a 1920x1280 photo (level 0:
+# 6.3 M pixels) in a fresh process: peak resident memory +128 MB in 1 M-pixel bands and +207 MB in 2 M-pixel ones,
+# 86-100 bytes a band pixel once the photo and the level are taken off; the whole level in one run took +535 MB.
+LEVEL_BYTES_PER_PIXEL = 3
+SCAN_BYTES_PER_BAND_PIXEL = 100
 
 
 def draft_size(im: Image.Image, requested: tuple[int, int] | None) -> tuple[int, int]:
@@ -51,7 +53,7 @@ def decoded_bytes(im: Image.Image, requested: tuple[int, int] | None = None,
     return total
 
 
-def scan_bytes(level_pixels: int) -> int:
-    """Peak bytes of scanning the pyramid whose largest level holds `level_pixels` (the others are smaller, and
-    freed before the next)."""
-    return level_pixels * SCAN_BYTES_PER_PIXEL
+def scan_bytes(level_pixels: int, band_pixels: int) -> int:
+    """Peak bytes of scanning the pyramid whose largest level holds `level_pixels`, scanned in bands of at most
+    `band_pixels` (the other levels are smaller, and freed before the next)."""
+    return level_pixels * LEVEL_BYTES_PER_PIXEL + min(level_pixels, band_pixels) * SCAN_BYTES_PER_BAND_PIXEL

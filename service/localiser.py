@@ -4,6 +4,10 @@ then non-maximum suppression with each kept box averaged (by score) with the box
 A re-implementation of training/localiser.py's `Localiser.locate` (the two halves share no code;
 tests/test_localiser.py checks that both find the same boxes). Parameters come from the manifest's
 "localiser" entry; the request may change the threshold, the smallest face and the number of faces.
+
+Unlike training's copy, a large level is scanned in horizontal bands, each with BAND_CONTEXT rows of the level
+above and below it: the scores are the whole level's (the context covers what the convolutions reach past a
+window), but ONNX Runtime's activations, and the float32 copy of the level, are only ever one band's.
 """
 
 from __future__ import annotations
@@ -16,11 +20,20 @@ from PIL import Image
 from service.runtime import Runtime, sigmoid
 from service.schemas import Localiser
 
+# Pixels of one band of a pyramid level, context included: its float32 copy and ONNX Runtime's activations take
+# ~100 bytes a pixel (service/budget.py), so ~100 MB, where a 1920x1280 photo's whole first level (6.3 M pixels)
+# took 535 MB in one run. Smaller bands repeat more context rows: 1 M pixels cost ~10% in speed on that photo.
+SCAN_BAND_PIXELS = 1024 * 1024
+# Rows of the level a band reads above and below the windows it scores. A window's score depends on the pixels its
+# convolutions reach: 85 px for the 64 px window (kernels 5, 5, 3, 3 at strides 2, 4, 8, 16, then the 4x4 head),
+# so 11 px past each edge; 32 (two strides, so the band stays on the stride grid) leaves a margin.
+BAND_CONTEXT = 32
+
 
 @dataclass(frozen=True)
 class Found:
     boxes: np.ndarray  # [M, 5]: x, y, width, height (int px of the photo), score; highest score first
-    best: float  # the highest face probability of any window looked at
+    best: float  # the highest score of a face found; with none, of any window looked at
 
 
 def pyramid(width: int, height: int, cfg: Localiser, min_face: int, max_pixels: int | None = None) -> list[float]:
@@ -36,12 +49,42 @@ def pyramid(width: int, height: int, cfg: Localiser, min_face: int, max_pixels: 
     return scales
 
 
-def level_input(image: Image.Image, scale: float, stride: int) -> np.ndarray:
-    """The photo resized by `scale`, edge-padded to multiples of `stride`: float32 [1, 3, H, W] in [0, 1]."""
+def level_pixels(image: Image.Image, scale: float, stride: int) -> np.ndarray:
+    """The photo resized by `scale`, edge-padded to multiples of `stride`: uint8 [H, W, 3]."""
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    arr = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / np.float32(255.0)
-    arr = np.pad(arr, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="edge")
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
+    arr = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR))
+    return np.pad(arr, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="edge")
+
+
+def scan_level(runtime: Runtime, model: str, level: np.ndarray, cfg: Localiser,
+               band_pixels: int = SCAN_BAND_PIXELS) -> np.ndarray:
+    """A level uint8 [H, W, 3] -> its face logit map [H/stride - k + 1, W/stride - k + 1] (k = window / stride),
+    scanned in bands of about `band_pixels` pixels, context included."""
+    height, width = level.shape[:2]
+    rows = height // cfg.stride - cfg.window // cfg.stride + 1
+    per_band = band_rows(width, cfg, band_pixels)
+    maps = []
+    for first in range(0, rows, per_band):
+        last = min(rows, first + per_band)  # output rows [first, last)
+        top = max(0, first * cfg.stride - BAND_CONTEXT)
+        bottom = min(height, (last - 1) * cfg.stride + cfg.window + BAND_CONTEXT)
+        band = np.ascontiguousarray(level[top:bottom].transpose(2, 0, 1))[None].astype(np.float32)  # [1, 3, h, W]
+        band /= np.float32(255.0)
+        skip = (first * cfg.stride - top) // cfg.stride
+        maps.append(runtime.scan(model, band)[skip:skip + last - first])
+    return np.concatenate(maps)
+
+
+def band_rows(width: int, cfg: Localiser, band_pixels: int = SCAN_BAND_PIXELS) -> int:
+    """Output rows per band of a level `width` px wide: what fits in band_pixels with the window's own rows and
+    the context on both sides; at least one (a level wider than band_pixels / (window + 2 context) goes over)."""
+    return max(1, (band_pixels // width - cfg.window - 2 * BAND_CONTEXT) // cfg.stride + 1)
+
+
+def band_size(width: int, height: int, cfg: Localiser, band_pixels: int = SCAN_BAND_PIXELS) -> int:
+    """Pixels of the largest band scan_level runs for a (padded) level of width x height."""
+    rows = (band_rows(width, cfg, band_pixels) - 1) * cfg.stride + cfg.window + 2 * BAND_CONTEXT
+    return width * min(height, rows)
 
 
 def windows(prob: np.ndarray, scale: float, cfg: Localiser, threshold: float) -> np.ndarray:
@@ -62,15 +105,17 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (box[2] * box[3] + boxes[:, 2] * boxes[:, 3] - inter)
 
 
-def merge(boxes: np.ndarray, nms_iou: float, max_faces: int) -> np.ndarray:
-    """NMS, best first; a kept box is the score-weighted mean of its group and keeps its own score."""
+def merge(boxes: np.ndarray, nms_iou: float, max_faces: int, min_neighbours: int = 1) -> np.ndarray:
+    """NMS, best first; a kept box is the score-weighted mean of its group and keeps its own score; a group of
+    fewer than `min_neighbours` boxes is dropped."""
     order = boxes[np.argsort(-boxes[:, 4], kind="stable")]
     kept = []
     while len(order) and len(kept) < max_faces:
         overlap = iou(order[0], order)
         group = order[overlap > nms_iou]
         w = group[:, 4:5] + 1e-12  # a score can underflow to 0
-        kept.append(np.r_[(group[:, :4] * w).sum(0) / w.sum(), order[0, 4]])
+        if len(group) >= min_neighbours:
+            kept.append(np.r_[(group[:, :4] * w).sum(0) / w.sum(), order[0, 4]])
         order = order[overlap <= nms_iou]
     return np.array(kept).reshape(-1, 5)
 
@@ -85,17 +130,21 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def locate(runtime: Runtime, model: str, image: Image.Image, threshold: float, min_face: int,
-           max_faces: int, max_pixels: int | None = None) -> Found:
-    """Every face in an RGB photo (EXIF orientation applied), in its own pixels."""
+           max_faces: int, max_pixels: int | None = None, min_neighbours: int | None = None) -> Found:
+    """Every face in an RGB photo (EXIF orientation applied), in its own pixels; min_neighbours: the
+    manifest's unless given."""
     cfg = runtime.manifest.localiser
     w, h = image.size
     found, best = [], 0.0
     for scale in pyramid(w, h, cfg, min_face, max_pixels):
-        prob = sigmoid(runtime.scan(model, level_input(image, scale, cfg.stride)))
+        prob = sigmoid(scan_level(runtime, model, level_pixels(image, scale, cfg.stride), cfg))
         best = max(best, float(prob.max(initial=0.0)))
         found.append(windows(prob, scale, cfg, threshold))
     boxes = np.concatenate(found) if found else np.zeros((0, 5))
-    return Found(clip_boxes(merge(boxes, cfg.nms_iou, max_faces), w, h), best)
+    neighbours = cfg.min_neighbours if min_neighbours is None else min_neighbours
+    faces = clip_boxes(merge(boxes, cfg.nms_iou, max_faces, neighbours), w, h)
+    # With no face, the best window: it may pass the threshold and still be no face, lacking neighbours.
+    return Found(faces, float(faces[0, 4]) if len(faces) else best)
 
 
 def face_square(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:

@@ -11,13 +11,14 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from PIL import Image
 
-from service.errors import UnexpectedErrorMiddleware, install_handlers
 from service.admission import Admission
+from service.errors import UnexpectedErrorMiddleware, install_handlers
 from service.limits import BodyLimitMiddleware
 from service.memory import trim_when_idle
-from service.metrics import Metrics, MetricsMiddleware
+from service.metrics import Metrics, MetricsMiddleware, publish
 from service.pipeline import Pipeline
-from service.routes import detect, health, metrics, models, morph, page, reconstruct
+from service.routes import detect, health, models, morph, page, reconstruct
+from service.routes import metrics as metrics_routes
 from service.runtime import Runtime
 from service.settings import Settings, load_settings
 
@@ -38,7 +39,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for graph in runtime.graphs.values():  # observed from here on: warm-up runs are not traffic
         graph.observe = m.observe_inference
         m.provider.labels(graph=graph.key, provider=graph.providers[0]).set(1)
-    m.admitted.set_function(lambda: admission.admitted)
+    publisher = None
+    if m.multiprocess_dir:  # a worker of several: its gauges written to its file a few times a second
+        publisher = asyncio.create_task(publish(m, admission, pipeline))
+    else:  # one process: read at scrape time
+        m.admitted.set_function(lambda: admission.admitted)
     reason = pipeline.not_ready_reason()
     if reason:
         log.error("not ready: %s", reason)
@@ -49,14 +54,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         trimmer.cancel()
+        if publisher is not None:
+            publisher.cancel()
+            m.ready.set(0)
         admission.draining = True
         admission.close()
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
-               admission: Admission | None = None) -> FastAPI:
+               admission: Admission | None = None, metrics: Metrics | None = None) -> FastAPI:
     """`runtime` may be loaded beforehand (python -m service does, to fail with one line, not a traceback), and
-    `admission` made beforehand (the draining server sets its flag); the lifespan makes whichever is missing."""
+    `admission` made beforehand (the draining server sets its flag); the lifespan makes whichever is missing.
+    `metrics`: a worker's of several (service/workers.py); by default the app's own registry."""
     settings = settings or load_settings()
     app = FastAPI(
         title="Debiased face detection",
@@ -64,13 +73,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         version="1",
         lifespan=lifespan,
     )
-    app.state.settings, app.state.metrics = settings, Metrics()
+    app.state.settings, app.state.metrics = settings, metrics or Metrics()
     app.state.runtime, app.state.admission, app.state.pipeline = runtime, admission, None
     install_handlers(app)
     # Added innermost first: metrics see every final status, including the 500s and 413s made below them.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(UnexpectedErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
-    for module in (detect, reconstruct, morph, health, models, metrics, page):
+    for module in (detect, reconstruct, morph, health, models, metrics_routes, page):
         app.include_router(module.router)
     return app

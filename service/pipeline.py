@@ -7,11 +7,12 @@ The one place that decides per request; it calls the image layer (service/prepro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -20,7 +21,7 @@ from service import render
 from service.admission import Admission
 from service.batcher import MicroBatcher
 from service.budget import MB, decoded_bytes, scan_bytes
-from service.localiser import clip_boxes, face_square, locate, pyramid
+from service.localiser import band_size, clip_boxes, face_square, locate, pyramid
 from service.preprocess import (Payload, centre_box, decode_batch, load, load_batch, load_photo, open_image,
                                 open_small, oriented_size, tiff_decode_unit, to_model_input)
 from service.problems import ProblemError
@@ -28,7 +29,18 @@ from service.runtime import Runtime
 from service.settings import Settings
 
 MorphFormat = Literal["png", "gif", "json"]
+T = TypeVar("T")
+# Weight of the newest photo job in the running seconds-per-scanned-pixel figure: ~10 jobs' memory.
+RATE_WEIGHT = 0.1
 Box = tuple[int, int, int, int]  # x, y, width, height in px of the image after EXIF orientation
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a request's images will take, from their headers: peak bytes, and pixels of every level scanned."""
+
+    nbytes: int
+    scan_pixels: int
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class FindFaces:
     threshold: float | None = None  # None: the manifest's (localiser threshold for photos, model's for crops)
     min_face_size: int | None = None  # None: the manifest's localiser.min_face_size
     max_faces: int | None = None
+    min_neighbours: int | None = None  # None: the manifest's localiser.min_neighbours
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,7 @@ class Pipeline:
     def __init__(self, settings: Settings, runtime: Runtime, admission: Admission):
         self.settings, self.runtime, self.admission = settings, runtime, admission
         self.size = runtime.size
+        self.scan_seconds_per_pixel = 0.0  # photo jobs' time per scanned pixel (run_scans), a running mean; 0: none yet
         self.batchers: dict[str, MicroBatcher] = {}
         if settings.micro_batch_max > 0:
             for model in runtime.manifest.models:
@@ -96,10 +110,11 @@ class Pipeline:
         return [(label, open_image(data, max_pixels=self.settings.max_image_pixels, label=label))
                 for label, data in payloads]
 
-    def estimate(self, images: list[tuple[str, Image.Image]], min_face: int | None) -> int:
+    def estimate(self, images: list[tuple[str, Image.Image]], min_face: int | None) -> Estimate:
         """Peak bytes of decoding (and, with `min_face`, scanning the photos of) a request's opened images, from
-        their headers; they are decoded one after another, so the largest counts. 413 over FACEDET_MAX_REQUEST_MB."""
-        cfg, limit, peak = self.runtime.manifest.localiser, self.settings.max_request_mb * MB, 0
+        their headers; they are decoded one after another, so the largest counts. 413 over FACEDET_MAX_REQUEST_MB.
+        Also the pixels of every pyramid level the photos will be scanned at: what their scans cost."""
+        cfg, limit, peak, scanned = self.runtime.manifest.localiser, self.settings.max_request_mb * MB, 0, 0
         for label, im in images:
             if min_face is None or max(im.size) <= cfg.crop_max_side:
                 nbytes = decoded_bytes(im, (2 * self.size, 2 * self.size), tiff_decode_unit(im))
@@ -108,21 +123,46 @@ class Pipeline:
                 requested = (max(1, int(im.width * smallest)), max(1, int(im.height * smallest)))
                 nbytes = decoded_bytes(im, requested if smallest < 1.0 else None, tiff_decode_unit(im))
                 scales = pyramid(im.width, im.height, cfg, min_face, self.settings.max_scan_pixels)
-                if scales:
-                    nbytes += scan_bytes((round(im.width * scales[0]) + cfg.stride) *
-                                         (round(im.height * scales[0]) + cfg.stride))
+                levels = [(round(im.width * s) + cfg.stride, round(im.height * s) + cfg.stride) for s in scales]
+                if levels:
+                    nbytes += scan_bytes(levels[0][0] * levels[0][1], band_size(*levels[0], cfg))
+                    scanned += sum(w * h for w, h in levels)
             if nbytes > limit:
                 raise ProblemError(413, "image-too-large", "Image too large",
                                    f"{label}: a {im.width}x{im.height} {im.format} ({im.mode}) needs ~{nbytes // MB} MB "
                                    f"to decode and scan, over the {limit // MB} MB limit (FACEDET_MAX_REQUEST_MB)")
             peak = max(peak, nbytes)
-        return peak
+        return Estimate(peak, scanned)
 
     @contextmanager
-    def reserve(self, images: list[tuple[str, Image.Image]], min_face: int | None = None) -> Iterator[None]:
+    def reserve(self, images: list[tuple[str, Image.Image]], min_face: int | None = None) -> Iterator[Estimate]:
         """Hold the request's estimate of the global memory budget while its images are decoded."""
-        with self.admission.reserve(self.estimate(images, min_face)):
-            yield
+        estimate = self.estimate(images, min_face)
+        with self.admission.reserve(estimate.nbytes):
+            yield estimate
+
+    async def run_scans(self, estimate: Estimate, fn: Callable[..., T], *args: object) -> T:
+        """Run a job that scans photos in the pool, its cost (the queue's measure, FACEDET_MAX_QUEUE_WAIT_S)
+        estimated from its pyramid pixels; the seconds per pixel measured on this host's photo jobs so far.
+
+        Measured in the thread's CPU time where ONNX Runtime runs in that thread (FACEDET_INTRA_OP_THREADS=1, the
+        default), not wall time: under overload the jobs' wall time grows with whatever else takes the cores (such
+        as answering the 503s themselves), and an estimate that grew with it would refuse more, slowing them more."""
+        rate = self.scan_seconds_per_pixel or self.runtime.scan_seconds_per_pixel
+        clock = time.thread_time if self.settings.intra_op_threads == 1 else time.perf_counter
+
+        def timed() -> T:
+            start = clock()
+            try:
+                return fn(*args)
+            finally:
+                if estimate.scan_pixels:
+                    measured = (clock() - start) / estimate.scan_pixels
+                    self.scan_seconds_per_pixel = (measured if not self.scan_seconds_per_pixel else
+                                                   (1 - RATE_WEIGHT) * self.scan_seconds_per_pixel
+                                                   + RATE_WEIGHT * measured)
+
+        return await self.admission.run(timed, cost_s=estimate.scan_pixels * rate)
 
     # --- POST /detect ---
 
@@ -133,7 +173,7 @@ class Pipeline:
             threshold = self.crop_threshold(model, ask)
             return [Answer(float(p), threshold, None) for p in await self.detect(model, payloads)]
         crop_side = self.runtime.manifest.localiser.crop_max_side
-        batcher = self.batchers.get(model)
+        batcher, images = self.batchers.get(model), None
         if batcher is not None:  # crops go through the micro-batcher as with boxes=false; photos are scanned
             images = self.open_all(payloads)
             sizes = [oriented_size(im, label) for label, im in images]
@@ -141,16 +181,17 @@ class Pipeline:
                 with self.reserve(images):
                     probabilities = await batcher.submit(payloads, len(payloads))
                 return self._crop_answers(model, ask, sizes, probabilities)
-        else:
-            images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
-            if images is not None:
-                sizes = [oriented_size(im, label) for label, im in images]
-                if all(max(size) <= crop_side for size in sizes):  # small crops: answered here, as before
-                    return self._crop_answers(model, ask, sizes,
-                                              self.runtime.classify(model, load_batch(images, self.size)))
+        elif self.admission.inline_room():
+            with self.admission.inline():
+                images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
+                if images is not None:
+                    sizes = [oriented_size(im, label) for label, im in images]
+                    if all(max(size) <= crop_side for size in sizes):  # small crops: answered here, as before
+                        return self._crop_answers(model, ask, sizes,
+                                                  self.runtime.classify(model, load_batch(images, self.size)))
         images = images if images is not None else self.open_all(payloads)
-        with self.reserve(images, ask.min_face_size or self.runtime.manifest.localiser.min_face_size):
-            return await self.admission.run(self._find_faces, model, images, ask)
+        with self.reserve(images, ask.min_face_size or self.runtime.manifest.localiser.min_face_size) as estimate:
+            return await self.run_scans(estimate, self._find_faces, model, images, ask)
 
     def crop_threshold(self, model: str, ask: FindFaces) -> float:
         return self.runtime.threshold(model) if ask.threshold is None else ask.threshold
@@ -185,7 +226,7 @@ class Pipeline:
         # The pyramid's largest level is window / min_face of the photo: a JPEG need not decode larger than that.
         photo, factor = load_photo(im, smallest=min(1.0, cfg.window / min_face), label=label)
         found = locate(self.runtime, model, photo, threshold, max(1, round(min_face / factor)),
-                       ask.max_faces or cfg.max_faces, self.settings.max_scan_pixels)
+                       ask.max_faces or cfg.max_faces, self.settings.max_scan_pixels, ask.min_neighbours)
         boxes = found.boxes.copy()
         boxes[:, :4] *= factor
         return Answer(found.best, threshold, clip_boxes(boxes, *size))
@@ -197,9 +238,11 @@ class Pipeline:
         if batcher is not None:
             with self.reserve(self.open_all(payloads)):
                 return await batcher.submit(payloads, len(payloads))
-        images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
-        if images is not None:  # small enough to be cheaper here than a round trip through the pool
-            return self.runtime.classify(model, load_batch(images, self.size))
+        if self.admission.inline_room():
+            with self.admission.inline():
+                images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
+                if images is not None:  # small enough to be cheaper here than a round trip through the pool
+                    return self.runtime.classify(model, load_batch(images, self.size))
         images = self.open_all(payloads)
         with self.reserve(images):
             return await self.admission.run(lambda: self.runtime.classify(model, load_batch(images, self.size)))
@@ -259,8 +302,8 @@ class Pipeline:
             face, choice = self.face_input(payload, box)
             return render.png(self.runtime.generate(self.runtime.encode(to_model_input([face])))[0]), choice
 
-        with self.reserve(self.open_all([payload]), self.runtime.manifest.localiser.min_face_size):
-            return await self.admission.run(job)
+        with self.reserve(self.open_all([payload]), self.runtime.manifest.localiser.min_face_size) as estimate:
+            return await self.run_scans(estimate, job)
 
     async def morph(self, a: Payload, b: Payload, steps: int, fmt: MorphFormat, box_a: Box | None = None,
                     box_b: Box | None = None) -> tuple[bytes | list[str], float, tuple[FaceChoice, FaceChoice]]:
@@ -277,5 +320,5 @@ class Pipeline:
                 return (render.base64_pngs(frames), frame_distances(frames)), distance, choices
             return (render.gif(frames) if fmt == "gif" else render.png_strip(frames)), distance, choices
 
-        with self.reserve(self.open_all([a, b]), self.runtime.manifest.localiser.min_face_size):
-            return await self.admission.run(job)
+        with self.reserve(self.open_all([a, b]), self.runtime.manifest.localiser.min_face_size) as estimate:
+            return await self.run_scans(estimate, job)

@@ -17,6 +17,7 @@ from service.schemas import Manifest
 from service.settings import Settings
 
 log = logging.getLogger("service.runtime")
+WARM_UP_LEVEL = 256  # px: the side of the level each scan graph is timed on at warm-up
 
 
 def sigmoid(logit: np.ndarray) -> np.ndarray:
@@ -71,6 +72,7 @@ class Runtime:
         self.settings, self.manifest, self.graphs = settings, manifest, graphs
         self.size = manifest.input.size
         self.warmed_up = False
+        self.scan_seconds_per_pixel = 0.0  # the slowest scan graph's, timed at warm-up: photo jobs' first cost estimate
 
     @classmethod
     def load(cls, settings: Settings) -> Runtime:
@@ -100,6 +102,10 @@ class Runtime:
             for b in graph.buckets:
                 graph.run(np.zeros((b, *shape), dtype=np.float32))
                 graph.warmed_batch_sizes.append(b)
+        for model in self.manifest.models:  # and one larger level per scan graph, timed
+            level = np.zeros((1, 3, WARM_UP_LEVEL, WARM_UP_LEVEL), dtype=np.float32)
+            seconds = min(_timed(self.scan, model, level) for _ in range(3))
+            self.scan_seconds_per_pixel = max(self.scan_seconds_per_pixel, seconds / WARM_UP_LEVEL ** 2)
         self.warmed_up = True
         log.info("warm-up done: %s", {k: g.warmed_batch_sizes for k, g in self.graphs.items()})
 
@@ -141,6 +147,12 @@ class Runtime:
         """Latents [N, D] -> the DB-VAE decoder's images, float32 [N, 3, S, S] in [0, 1]."""
         images = self.graphs["dbvae.decoder"].run(np.ascontiguousarray(z, dtype=np.float32))["image"]
         return np.clip(images, 0.0, 1.0)
+
+
+def _timed(fn: Callable[..., object], *args: object) -> float:
+    start = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - start
 
 
 def choose_providers(requested: list[str]) -> list[str]:

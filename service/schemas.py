@@ -80,6 +80,8 @@ class Localiser(BaseModel):
     nms_iou: float = Field(ge=0.0, le=1.0)
     threshold: float = Field(ge=0.0, le=1.0)
     max_faces: int = Field(gt=0)
+    # Windows a face's merged box needs; manifests from before it merged every single window: 1.
+    min_neighbours: int = Field(1, ge=1)
     crop_max_side: int = Field(gt=0)
 
 
@@ -143,7 +145,7 @@ class Face(BaseModel):
 
 class Detection(BaseModel):
     filename: str | None
-    face_probability: float = Field(ge=0.0, le=1.0, description="the highest face score in the image")
+    face_probability: float = Field(ge=0.0, le=1.0, description="the best face's score; with no face, the best score of any window looked at")
     is_face: bool = Field(description="whether any face passed the threshold")
     threshold: float = Field(ge=0.0, le=1.0, description="the threshold applied to this image")
     faces: list[Face] | None = Field(None, description="highest score first; absent with boxes=false")

@@ -3,21 +3,37 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from types import FrameType
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.admission import Admission
+from service.http import protocol_class
+from service.settings import Settings
 
 log = logging.getLogger("service.server")
 
 
+def server_config(settings: Settings, app: FastAPI | str) -> uvicorn.Config:
+    """The same for a single process and for every worker: the httptools protocol with header, timeout and
+    connection limits (service/http.py), the keep-alive and graceful-shutdown timeouts, the log settings."""
+    return uvicorn.Config(app, host=settings.host, port=settings.port, http=protocol_class(settings),
+                          timeout_keep_alive=settings.keepalive_s, log_level=settings.log_level,
+                          access_log=settings.access_log, timeout_graceful_shutdown=settings.graceful_timeout_s)
+
+
 class DrainingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, admission: Admission, delay_s: float) -> None:
+    """`parent_pid`: a worker's supervisor (service/workers.py). Should it vanish (SIGKILL), the worker drains
+    and exits as on SIGTERM instead of serving on, orphaned, on a port nothing manages any more."""
+
+    def __init__(self, config: uvicorn.Config, admission: Admission, delay_s: float,
+                 parent_pid: int | None = None) -> None:
         super().__init__(config)
-        self.admission, self.delay_s = admission, delay_s
+        self.admission, self.delay_s, self.parent_pid = admission, delay_s, parent_pid
         self._stop_at: float | None = None
         self._signal: int | None = None
 
@@ -30,6 +46,9 @@ class DrainingServer(uvicorn.Server):
         self._stop_at, self._signal = time.monotonic() + self.delay_s, sig
 
     async def on_tick(self, counter: int) -> bool:
+        if self.parent_pid is not None and not self.admission.draining and os.getppid() != self.parent_pid:
+            log.warning("the supervisor (pid %d) is gone: draining", self.parent_pid)
+            self.handle_exit(signal.SIGTERM, None)
         if self._stop_at is not None and not self.should_exit and time.monotonic() >= self._stop_at:
             super().handle_exit(self._signal or signal.SIGTERM, None)
         return await super().on_tick(counter)

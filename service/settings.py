@@ -20,6 +20,11 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
+    # Worker processes on the one port (service/workers.py), each a whole service with its own ONNX Runtime
+    # sessions. None ("auto", the default): one per usable core (service/cores.py: the CPU affinity capped by the
+    # cgroup CPU quota), or 1 when the models run on a provider other than CPU (a GPU context per worker). 1: this
+    # process alone, no supervisor.
+    workers: int | None = Field(None, ge=1, le=512)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # One log line per request (uvicorn's access log). Off by default: at ~1,000 requests/s it took about a
     # sixth of the event loop's time (py-spy under bench/load.py), and /metrics counts every request anyway.
@@ -44,19 +49,31 @@ class Settings(BaseSettings):
     # back (bench/load.py). Larger ones use the pool. 0: always the pool.
     # Memory, worked out per image from its header before decoding (service/budget.py: the decoded first frame,
     # its RGB copies and the pyramid scan). A request whose largest image would take more than this is refused
-    # with 413 (its images are decoded one after another, so the largest counts). 768 MB admits a 12 MP phone
-    # photo (~540 MB, most of it the 8 M-pixel scan) and refuses a 7000x7000 PNG (>= 840 MB) before decoding it.
-    max_request_mb: int = Field(768, ge=64, le=65_536)
+    # with 413 (its images are decoded one after another, so the largest counts). 256 MB admits a 12 MP phone
+    # photo (~220 MB: 96 MB decoded, its 8 M-pixel level at 3 bytes a pixel, one 1 M-pixel scan band) and refuses a
+    # 7000x7000 PNG (>= 490 MB) before decoding it.
+    max_request_mb: int = Field(256, ge=64, le=65_536)
     # All in-flight requests together may hold this much (each reserves its estimate before decoding and gives it
     # back when done, errors included); a request that does not fit gets 503 + Retry-After at once rather than
     # queueing, and one estimated under 16 MB (a crop, a small photo) is never refused for it: small requests do
-    # not wait behind big ones. 1536: two requests at
-    # the per-request limit, one per default worker thread.
-    memory_budget_mb: int = Field(1536, ge=64, le=1_048_576)
+    # not wait behind big ones. 512: two requests at the per-request limit, one per default worker thread.
+    memory_budget_mb: int = Field(512, ge=64, le=1_048_576)
     inline_max_pixels: int = Field(4096, ge=0, le=1_000_000)
+    # ...but no more than this much of that work per turn of the event loop; the turn's other small requests go to
+    # the pool. Unbounded, a saturated loop spent ~1 ms on every ready request each turn, and a new connection
+    # waited through many such turns to be accepted and read (bench/load.py, wrk at 64 connections: ~1 s).
+    inline_turn_budget_ms: float = Field(2.0, ge=0.0, le=60_000.0)
+    # Per worker process, as are max_queue, memory_budget_mb and max_connections: N workers run N x worker_threads
+    # inferences at once. intra_op_threads=0 gives every session one thread per core in every worker: with
+    # several workers keep 1, or they contend for the same cores.
     worker_threads: int = Field(2, ge=1, le=64)
     intra_op_threads: int = Field(1, ge=0, le=64)
     max_queue: int = Field(64, ge=0, le=10_000)
+    # A photo scan starts at once while a pool thread is free of photo work; past that it is queued only while the
+    # photo work ahead of it (each queued or running scan's cost, estimated from its pyramid's pixels at the speed
+    # measured on this host) would let it start within this many seconds, else 503 + Retry-After at once rather
+    # than a wait of many seconds.
+    max_queue_wait_s: float = Field(1.0, gt=0.0, le=600.0)
     # /detect micro-batching: concurrent requests share one inference of up to this many images (0: off),
     # waiting at most this long for company (0: only while every pool thread is busy). See service/batcher.py.
     micro_batch_max: int = Field(0, ge=0, le=256)
@@ -84,6 +101,11 @@ class Settings(BaseSettings):
     # Requests on connections beyond this many open ones get a 503 (Retry-After) and a closed connection, except
     # GET /healthz, so liveness holds under a connection flood.
     max_connections: int = Field(1000, ge=1, le=100_000)
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _auto(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @field_validator("providers", mode="before")
     @classmethod

@@ -77,6 +77,20 @@ def test_nms_merges_the_overlapping_windows_into_one_face(client: TestClient) ->
     np.testing.assert_allclose(kept, [[1.6, 0, 64, 64, 0.9], [200, 0, 64, 64, 0.5]])
     assert len(merge(boxes, nms_iou=0.7, max_faces=10)) == 3  # IoU 0.6 is kept apart at 0.7
     assert len(merge(boxes, nms_iou=0.3, max_faces=1)) == 1
+    # A group of fewer than min_neighbours boxes is dropped: the lone box goes, the pair stays.
+    np.testing.assert_allclose(merge(boxes, nms_iou=0.3, max_faces=10, min_neighbours=2), [[1.6, 0, 64, 64, 0.9]])
+    assert len(merge(boxes, nms_iou=0.3, max_faces=10, min_neighbours=3)) == 0
+
+
+def test_min_neighbours_keeps_faces_whose_windows_agree(client: TestClient) -> None:
+    photo = {"image": ("p.png", encode(squares_photo(), "PNG"))}
+    # At the manifest's threshold each square is one window: with two needed, neither is a face ...
+    alone = client.post("/v1/detect", params={"min_face_size": 64, "min_neighbours": 2}, files=photo)
+    assert faces_of(alone) == []
+    # ... at a low threshold the windows 16 px off agree with it, and both squares are found again.
+    agreed = client.post("/v1/detect", params={"min_face_size": 64, "threshold": 1e-5, "min_neighbours": 2},
+                         files=photo)
+    assert sorted(faces_of(agreed)) == [(x, y, 64, 64) for x, y in SQUARES]
 
 
 def test_max_faces_and_a_photo_without_faces(client: TestClient) -> None:
@@ -139,7 +153,7 @@ def test_reconstruct_and_morph_use_the_faces_found(client: TestClient) -> None:
 
 @pytest.mark.parametrize("params", [{"min_face_size": 0}, {"min_face_size": "big"}, {"max_faces": 0},
                                     {"max_faces": 5000}, {"threshold": 1.5}, {"threshold": -0.1},
-                                    {"boxes": "maybe"}])
+                                    {"boxes": "maybe"}, {"min_neighbours": 0}, {"min_neighbours": 101}])
 def test_bad_detect_parameters_get_a_422_problem(client: TestClient, params: dict) -> None:
     response = client.post("/v1/detect", params=params, files={"image": ("p.png", encode(squares_photo(), "PNG"))})
     assert response.status_code == 422
@@ -166,10 +180,10 @@ def test_training_and_service_localisers_find_the_same_boxes(models_dir: Path) -
     manifest = json.loads((models_dir / "manifest.json").read_text())
     for corners, min_face in ((SQUARES, 64), ([(100, 50), (300, 310), (500, 100)], 48), ([], 40)):
         image = Image.fromarray(squares_photo(corners=corners))
-        for threshold in (0.9, 1e-5):
-            cfg = LocaliserConfig(**{**manifest["localiser"], "min_face_size": min_face})
+        for threshold, neighbours in ((0.9, 1), (1e-5, 1), (1e-5, 2)):
+            cfg = LocaliserConfig(**{**manifest["localiser"], "min_face_size": min_face, "min_neighbours": neighbours})
             trained = Localiser(models_dir / "dbvae_scan.onnx", cfg).locate(image, threshold=threshold)
-            served = locate(runtime, "dbvae", image, threshold, min_face, cfg.max_faces).boxes
+            served = locate(runtime, "dbvae", image, threshold, min_face, cfg.max_faces, None, neighbours).boxes
             np.testing.assert_allclose(trained, served, atol=1e-9)
 
 
@@ -250,3 +264,24 @@ def test_the_scan_budget_setting_bounds_what_detect_scans(make_settings) -> None
         # Capped at 100,000 pixels, level 0 is 0.57x: the 64 px squares are 37 px there, no window fits them.
         assert faces_of(small.post("/v1/detect", files={"image": ("p.png", photo)})) == []
     assert make_settings().max_scan_pixels == 8_000_000
+
+
+@pytest.mark.parametrize("model", ["dbvae", "cnn"])
+def test_a_level_scanned_in_bands_scores_exactly_as_in_one_run(model: str) -> None:
+    """The committed scan graphs (their convolutions see past a window's edge) on a real 1920x1280 photo's first
+    level: bands with their context rows give the whole level's logit map, band by band, whatever the band size."""
+    from service.localiser import band_rows, band_size, level_pixels, scan_level
+    from service.runtime import Runtime
+    from service.settings import Settings
+
+    runtime = Runtime.load(Settings(models_dir=Path(__file__).resolve().parents[1] / "models",
+                                    providers=["CPUExecutionProvider"], workers=1))
+    cfg = runtime.manifest.localiser
+    photo = Image.fromarray(load_sample_image("china.jpg")).resize((1920, 1280))
+    level = level_pixels(photo, cfg.window / cfg.min_face_size, cfg.stride)  # 3072 x 2048, multiples of 16
+    assert level.shape == (2048, 3072, 3) and level.dtype == np.uint8
+    whole = runtime.scan(model, (level.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32))
+    for band_pixels in (600_000, 1024 * 1024):  # 5 and 14 rows of windows a band
+        assert band_rows(3072, cfg, band_pixels) == (band_pixels // 3072 - 64 - 64) // 16 + 1
+        assert band_size(3072, 2048, cfg, band_pixels) <= band_pixels
+        np.testing.assert_allclose(scan_level(runtime, model, level, cfg, band_pixels), whole, rtol=0, atol=1e-5)

@@ -5,7 +5,6 @@ normal request."""
 
 from __future__ import annotations
 
-import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from bench.hostile import encode, exif_png, zeros_png
 from service.admission import Admission
 from service.budget import MB, decoded_bytes, draft_size
 from service.main import create_app
@@ -29,23 +29,12 @@ from service.problems import ProblemError
 from tests.utils.server import serving
 
 
-def encode(im: Image.Image, fmt: str, **params) -> bytes:
-    buffer = io.BytesIO()
-    im.save(buffer, fmt, **params)
-    return buffer.getvalue()
-
-
 def opened(data: bytes) -> Image.Image:
     return open_image(data, max_pixels=50_000_000)
 
 
-def zeros_png(side: int, channels: int | None, dtype=np.uint8) -> bytes:
-    shape = (side, side) if channels is None else (side, side, channels)
-    return encode(Image.fromarray(np.zeros(shape, dtype)), "PNG")
-
-
 HOSTILE = {"rgb": zeros_png(7000, 3), "rgba": zeros_png(7000, 4), "grey16": zeros_png(7000, None, np.uint16)}
-EXIF_BLOB = encode(Image.new("RGB", (300, 300)), "PNG", exif=b"MM\x00*\x00\x00\x00\x08" + bytes(5_000_000))
+EXIF_BLOB = exif_png()
 
 
 @pytest.mark.parametrize(("channels", "dtype", "mode", "per_pixel"), [
@@ -129,7 +118,7 @@ def test_the_global_budget_admits_what_fits_and_refuses_the_rest(make_settings) 
 def test_concurrent_big_requests_stay_inside_the_budget(make_settings) -> None:
     settings = make_settings(max_request_mb=256, memory_budget_mb=256, worker_threads=2, memory_trim_s=0)
     app = create_app(settings)
-    big = zeros_png(1500, 3)  # ~18 MB to decode + ~126 MB to scan: one fits the budget, not two
+    big = zeros_png(1500, 3)  # ~18 MB to decode + ~122 MB to scan (level, one band): one fits the budget, not two
     with TestClient(app) as client, ThreadPoolExecutor(6) as pool:
         admission = app.state.pipeline.admission
         codes = list(pool.map(lambda _: client.post("/v1/detect", files={"image": ("b.png", big)}).status_code,

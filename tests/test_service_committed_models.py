@@ -66,7 +66,9 @@ def test_detect_batch_equals_singles(committed: TestClient, model: str) -> None:
         alone = committed.post("/v1/detect", params={"model": model}, files={"image": photo}).json()["results"][0]
         assert 0.0 <= result["face_probability"] <= 1.0
         assert result["face_probability"] == pytest.approx(alone["face_probability"], abs=1e-5)
-        assert result["is_face"] == (result["face_probability"] >= result["threshold"]) == bool(result["faces"])
+        assert result["is_face"] == bool(result["faces"])
+        if result["faces"]:  # the best face's score; without one, the best window's, which may lack neighbours
+            assert result["face_probability"] == result["faces"][0]["score"] >= result["threshold"]
         assert result["faces"] == alone["faces"]
 
 

@@ -245,7 +245,7 @@ def test_overload_answers_503_with_retry_after_and_health_stays_responsive(app_w
 
 
 def test_a_tiff_tile_larger_than_the_pixel_cap_is_refused_before_decoding(client: TestClient) -> None:
-    from tests.utils.images import tiff_with_tile
+    from bench.hostile import tiff_with_tile
 
     bomb = tiff_with_tile()  # declares 64x64, holds one 16384x16384 tile
     body = assert_problem(client.post("/v1/detect", files={"image": ("tile.tif", bomb)}), 413, "image-too-large")

@@ -25,9 +25,9 @@ def serving(make_settings: Callable, **overrides) -> Iterator[tuple[TestClient, 
         admission, handoffs = client.app.state.admission, []
         real_call = admission.run
 
-        async def counting_call(fn, *args):
+        async def counting_call(fn, *args, **kwargs):
             handoffs.append(1)
-            return await real_call(fn, *args)
+            return await real_call(fn, *args, **kwargs)
 
         admission.run = counting_call
         yield client, handoffs
@@ -104,3 +104,39 @@ def test_open_small_decides_from_headers_and_never_opens_large_files() -> None:
     with pytest.raises(ProblemError) as refused:
         open_small([("a", b"not an image")], 4096, 10**6)
     assert refused.value.status == 415
+
+
+def test_inline_work_is_bounded_per_turn_of_the_event_loop(make_settings: Callable) -> None:
+    """Within one turn of the loop, small requests are done inline only until FACEDET_INLINE_TURN_BUDGET_MS is spent;
+    the next turn starts afresh. 0 sends every request to the pool."""
+    import asyncio
+    import time
+
+    from service.admission import Admission
+
+    async def turns(admission: Admission) -> list[bool]:
+        seen = [admission.inline_room()]
+        with admission.inline():
+            time.sleep(0.003)  # 3 ms of "work", over the 2 ms budget
+        seen.append(admission.inline_room())  # same turn: spent
+        await asyncio.sleep(0)  # one turn later
+        seen.append(admission.inline_room())
+        return seen
+
+    for budget, expected in ((2.0, [True, False, True]), (0.0, [False, False, False])):
+        admission = Admission(make_settings(inline_turn_budget_ms=budget))
+        try:
+            assert asyncio.run(turns(admission)) == expected, budget
+        finally:
+            admission.close()
+    assert make_settings().inline_turn_budget_ms == 2.0
+
+
+def test_with_no_inline_budget_small_requests_take_the_pool_and_answer_the_same(make_settings: Callable) -> None:
+    files = small_and_large()["64x64 png"]
+    answers = {}
+    for budget in (2.0, 0.0):
+        with serving(make_settings, inline_turn_budget_ms=budget) as (client, handoffs):
+            answers[budget] = probabilities(client, files)
+            assert len(handoffs) == (0 if budget else 1)
+    assert answers[2.0] == answers[0.0]

@@ -106,7 +106,8 @@ def upload(page, path: Path) -> None:
 
 
 def detect(server: ServerProcess, path: Path, model: str, threshold: float) -> list[dict]:
-    response = httpx.post(f"{server.url}/v1/detect", params={"model": model, "threshold": threshold},
+    response = httpx.post(f"{server.url}/v1/detect", params={"model": model, "threshold": threshold,
+                                                             "min_neighbours": 1},  # as the page asks
                           files={"image": (path.name, path.read_bytes())}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()["results"][0]["faces"]

@@ -31,6 +31,9 @@ async def detect(
         "Smallest face to look for, px of the image; default the manifest's localiser.min_face_size (40). "
         "Smaller is slower: the photo is scanned at window / min_face_size of its size first"))] = None,
     max_faces: Annotated[int | None, Query(ge=1, le=1000, description="At most this many faces per image")] = None,
+    min_neighbours: Annotated[int | None, Query(ge=1, le=100, description=(
+        "Windows above the threshold a face's merged box needs; default the manifest's localiser.min_neighbours. "
+        "Higher: fewer false alarms, and fewer faces found"))] = None,
     threshold: Annotated[float | None, Query(ge=0.0, le=1.0, description=(
         "A face from this score on; default the manifest's localiser threshold for photos and the model's "
         "threshold for crops (images no larger than localiser.crop_max_side)"))] = None,
@@ -47,7 +50,8 @@ async def detect(
     name = model or pipeline.settings.default_model
     async with pipeline.admission.admit():
         payloads = [await read(upload, f"image[{i}]") for i, upload in enumerate(image)]
-        answers = await pipeline.find_faces(name, payloads, FindFaces(boxes, threshold, min_face_size, max_faces))
+        ask = FindFaces(boxes, threshold, min_face_size, max_faces, min_neighbours)
+        answers = await pipeline.find_faces(name, payloads, ask)
     runtime = pipeline.runtime
     # Built as plain JSON: this is the hot path, and validating our own answer through the nested response
     # model cost ~10% of /detect's requests/s on a 64x64 PNG (bench/load.py). DetectResponse documents it.

@@ -8,8 +8,11 @@ const state = { photos: [], selected: null, morph: { a: null, b: null }, thresho
 
 // The lowest the slider goes. Each photo is asked for once at this threshold and the slider then only hides
 // faces in the browser: the localiser's non-maximum suppression keeps the best window first, so the faces at
-// or above any higher threshold are exactly the ones the service would answer at that threshold.
+// or above any higher threshold are exactly the ones the service would answer at that threshold, asked with
+// min_neighbours=1. Not with the manifest's min_neighbours (a face needing several windows): how many windows
+// a face gathers depends on the threshold asked at, so the browser could not re-filter them exactly.
 const FLOOR = Number($("threshold").min);
+const NEIGHBOURS = 1;
 
 class Problem extends Error {}
 
@@ -86,7 +89,7 @@ async function detect(photo) {
   try {
     const [answers] = await Promise.all([
       Promise.all(Object.keys(MODELS).map(async (model) => {
-        const params = new URLSearchParams({ model, threshold: FLOOR });
+        const params = new URLSearchParams({ model, threshold: FLOOR, min_neighbours: NEIGHBOURS });
         const response = await call(`/v1/detect?${params}`, { method: "POST", body: form([["image", photo.file]]) });
         return [model, (await response.json()).results[0]];
       })),
@@ -385,7 +388,9 @@ async function loadModels() {
     $("models-body").replaceChildren(
       el("p", { textContent: `Input ${body.input.size}×${body.input.size} RGB, latent space of `
         + `${body.latent_dim} dimensions. Photos are scanned for faces from ${body.localiser.min_face_size} px; `
-        + `the threshold starts at the localiser's ${fmt(threshold, 2)}.` }),
+        + `the threshold starts at the localiser's ${fmt(threshold, 2)}. This page shows every face one window `
+        + `found (min_neighbours=${NEIGHBOURS}); the API by default keeps only faces that `
+        + `${body.localiser.min_neighbours ?? 1} windows agree on, which drops many false alarms.` }),
       el("p", { textContent: `Providers asked for: ${body.requested_providers.join(", ")}; available here: `
         + `${body.available_providers.join(", ")}.` }),
       el("div", { className: "model-list" }, ...body.models.map(modelCard)));

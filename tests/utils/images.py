@@ -102,17 +102,3 @@ def bad_inputs() -> dict[str, tuple[bytes, int]]:
         "icon.ico": (encode(arr, "ICO"), 415),
         "bomb.png": (png_declaring(50_000, 50_000), 413),
     }
-
-
-def tiff_with_tile(width: int = 64, height: int = 64, tile: int = 16384) -> bytes:
-    """A grey TIFF declaring width x height pixels but holding one deflate-compressed tile x tile tile: small
-    on the wire (~260 kB for 16384), hundreds of megabytes once libtiff decodes the tile."""
-    data = zlib.compress(b"\0" * (tile * tile), 9)
-    entries = [(256, 3, width), (257, 3, height), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1),
-               (322, 4, tile), (323, 4, tile), (324, 4, None), (325, 4, len(data))]
-    data_offset = 8 + 2 + len(entries) * 12 + 4
-    out = b"II*\x00" + struct.pack("<IH", 8, len(entries))
-    for tag, kind, value in entries:
-        value = data_offset if value is None else value
-        out += struct.pack("<HHI", tag, kind, 1) + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
-    return out + struct.pack("<I", 0) + data

@@ -11,8 +11,11 @@ from service.process import ServerProcess as _Process
 
 
 class ServerProcess(_Process):
+    """One process unless `env` asks for more (FACEDET_WORKERS): the tests that read the server's pid (its memory,
+    its signals) mean the process that serves; tests/test_service_workers.py starts several."""
+
     def __init__(self, python: str, cwd: Path, env: dict[str, str], log: Path, args: tuple[str, ...] = ()):
-        super().__init__([python, "-m", "service", *args], cwd, env, log)
+        super().__init__([python, "-m", "service", *args], cwd, {"FACEDET_WORKERS": "1", **env}, log)
 
 
 REPO = Path(__file__).resolve().parents[2]

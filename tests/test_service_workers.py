@@ -1,0 +1,219 @@
+"""FACEDET_WORKERS: several worker processes on one port, through the real `python -m service` on the committed
+models: both answer, /metrics adds them up, /readyz waits for every one, a killed worker is replaced while the port
+keeps answering, SIGTERM drains them all, a killed supervisor leaves no worker behind; and the auto count, from the
+CPU affinity and a cgroup quota (fake cgroup files)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.__main__ import main
+from service.cores import cpu_quota, usable_cores
+from service.settings import DEFAULT_MODELS_DIR, SettingsError, load_settings
+from service.workers import worker_count
+from tests.utils.images import encode, picture
+from tests.utils.server import ServerProcess
+
+REPO = Path(__file__).resolve().parent.parent
+AFFINITY = len(os.sched_getaffinity(0))
+DETECTED = 'facedet_requests_total{endpoint="/v1/detect",method="POST",status="200"}'
+
+
+@contextmanager
+def workers(tmp_path: Path, **env: str) -> Iterator[ServerProcess]:
+    """`python -m service` with two workers, ready (every worker warmed up), on the committed models."""
+    server = ServerProcess(sys.executable, REPO, {"FACEDET_WORKERS": "2", "FACEDET_PROVIDERS": "CPUExecutionProvider",
+                                                  **env}, tmp_path / "server.log")
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def metric(text: str, series: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(series + " "))
+
+
+def worker_requests(server: ServerProcess) -> dict[int, float]:
+    """pid -> requests served, from the one per-worker series in /metrics."""
+    text = httpx.get(f"{server.url}/metrics").text
+    series = re.findall(r'^facedet_worker_requests\{pid="(\d+)"\} (\S+)$', text, re.MULTILINE)
+    return {int(pid): float(value) for pid, value in series}
+
+
+def children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def detect(server: ServerProcess, photo: bytes) -> float:
+    """A fresh connection each time, so the kernel picks a worker for every request."""
+    response = httpx.post(f"{server.url}/v1/detect", files={"image": ("p.jpg", photo, "image/jpeg")}, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()["results"][0]["face_probability"]
+
+
+PHOTO = encode(picture(320, 240, seed=5), "JPEG", quality=90)
+
+
+def test_both_workers_answer_and_metrics_add_up_across_them(tmp_path: Path) -> None:
+    with workers(tmp_path) as server:
+        served = worker_requests(server)
+        assert len(served) == 2 and set(served) <= children(server.proc.pid) and set(served.values()) == {0.0}
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(lambda _: detect(server, PHOTO), range(24)))
+        assert len(set(answers)) == 1 and 0.0 <= answers[0] <= 1.0  # the same models in both: the same answer
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, DETECTED) == 24  # one scrape, both workers' counters
+        assert metric(text, 'facedet_request_duration_seconds_count{endpoint="/v1/detect"}') == 24
+        wait_for(lambda: sum(worker_requests(server).values()) == 24, timeout=5)  # published every 0.25 s
+        assert all(n > 0 for n in worker_requests(server).values()), worker_requests(server)
+        assert metric(text, "facedet_ready") == 2
+        assert httpx.get(f"{server.url}/readyz").json()["status"] == "ready"
+
+
+def test_a_killed_worker_is_replaced_and_readiness_waits_for_it(tmp_path: Path) -> None:
+    with workers(tmp_path) as server:
+        detect(server, PHOTO)
+        wait_for(lambda: sum(worker_requests(server).values()) == 1, timeout=5)
+        [victim] = [pid for pid, n in worker_requests(server).items() if n == 1]
+        [survivor] = set(worker_requests(server)) - {victim}
+        os.kill(victim, signal.SIGKILL)
+        details: list[str] = []
+
+        def ready() -> bool:
+            response = httpx.get(f"{server.url}/readyz")
+            if response.status_code == 503:
+                details.append(response.json()["detail"])
+            return response.status_code == 200
+
+        wait_for(lambda: not ready(), timeout=5)  # the supervisor has seen it die
+        detect(server, PHOTO)  # the port keeps answering while the replacement starts
+        assert httpx.get(f"{server.url}/healthz").json() == {"status": "alive"}
+        wait_for(ready, timeout=60)
+        assert set(details) == {"1 of 2 worker processes ready: the others are starting, being replaced or stopping"}
+        now = worker_requests(server)
+        assert victim not in now and survivor in now and set(now) <= children(server.proc.pid) and len(now) == 2
+        text = httpx.get(f"{server.url}/metrics").text
+        assert metric(text, "facedet_ready") == 2
+        assert metric(text, DETECTED) == 2  # the dead worker's request is still counted
+        assert f"(pid {victim}) was killed by SIGKILL: starting a replacement" in server.log.read_text()
+        assert server.proc.poll() is None
+
+
+def test_sigterm_drains_every_worker_then_the_supervisor_exits_0(tmp_path: Path) -> None:
+    with workers(tmp_path, FACEDET_SHUTDOWN_DELAY_S="2") as server:
+        pids = set(worker_requests(server))
+        metrics_dir = Path(re.search(r"metrics in (\S+)", server.log.read_text()).group(1))
+        assert metrics_dir.is_dir()
+        server.proc.send_signal(signal.SIGTERM)
+        sent_at = time.monotonic()
+        wait_for(lambda: httpx.get(f"{server.url}/readyz").status_code == 503, timeout=1)
+        time.sleep(0.3)  # both workers have had the signal by now
+        for _ in range(8):  # fresh connections: whichever worker answers says it is shutting down
+            ready = httpx.get(f"{server.url}/readyz")
+            assert ready.status_code == 503 and ready.json()["detail"].startswith("shutting down"), ready.text
+        detect(server, PHOTO)  # still served in the drain window
+        assert time.monotonic() - sent_at < 2
+        assert server.proc.wait(timeout=30) == 0
+        assert time.monotonic() - sent_at >= 2
+        text = server.log.read_text()
+    assert text.count("SIGTERM: readiness is now 503; stopping in 2.0s") == 2
+    assert text.count("Finished server process") == 2 and "all workers stopped" in text and "Traceback" not in text
+    assert not any(running(pid) for pid in pids)
+    assert not metrics_dir.exists()
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    with workers(tmp_path, FACEDET_SHUTDOWN_DELAY_S="0.5") as server:
+        pids = set(worker_requests(server))
+        metrics_dir = Path(re.search(r"metrics in (\S+)", server.log.read_text()).group(1))
+        server.proc.kill()
+        server.proc.wait()
+        wait_for(lambda: not any(running(pid) for pid in pids), timeout=20)
+        text = server.log.read_text()
+    shutil.rmtree(metrics_dir)  # the supervisor removes it; killed, it cannot
+    assert text.count("is gone: draining") == 2 and text.count("Finished server process") == 2
+
+
+def test_bad_model_stops_the_supervisor_before_any_worker(tmp_path: Path) -> None:
+    models = Path(shutil.copytree(DEFAULT_MODELS_DIR, tmp_path / "models"))
+    data = bytearray((models / "cnn.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (models / "cnn.onnx").write_bytes(bytes(data))
+    env = {**os.environ, "FACEDET_MODELS_DIR": str(models), "FACEDET_WORKERS": "2"}
+    result = subprocess.run([sys.executable, "-m", "service"], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=60, check=False)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "cannot start: " in lines[0] and "cnn.onnx" in lines[0]
+
+
+def test_workers_setting_and_flag(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("FACEDET_WORKERS", "auto")
+    assert load_settings().workers is None and load_settings(workers="3").workers == 3
+    auto = load_settings()
+    assert worker_count(auto, ["CPUExecutionProvider"]) == usable_cores()
+    assert worker_count(auto, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == 1  # a device context each
+    assert worker_count(load_settings(workers=3), ["CUDAExecutionProvider"]) == 3
+    for bad in ("0", "many"):
+        with pytest.raises(SettingsError, match="FACEDET_WORKERS"):
+            load_settings(workers=bad)
+    assert main(["--workers", "0"]) == 2
+    assert "cannot start: bad setting FACEDET_WORKERS='0'" in caplog.text
+
+
+def cgroup(tmp_path: Path, membership: str, files: dict[str, str]) -> tuple[Path, Path]:
+    """A fake /sys/fs/cgroup tree with `files`, and the /proc/self/cgroup line that puts us in it."""
+    root = tmp_path / "cgroup"
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    root.mkdir(exist_ok=True)
+    (tmp_path / "proc_cgroup").write_text(membership)
+    return root, tmp_path / "proc_cgroup"
+
+
+@pytest.mark.parametrize(("membership", "files", "quota"), [
+    ("0::/\n", {"cpu.max": "150000 100000\n"}, 1.5),  # a container with --cpus=1.5
+    ("0::/\n", {"cpu.max": "max 100000\n"}, None),  # no quota
+    ("0::/\n", {}, None),  # no cpu controller in this cgroup
+    ("0::/a/b\n", {"a/b/cpu.max": "400000 100000", "a/cpu.max": "200000 100000"}, 2.0),  # the parent binds
+    ("0::/docker/abc\n", {"cpu.max": "300000 100000"}, 3.0),  # no cgroup namespace: the host's path
+    ("0::/\n", {"cpu.max": "oops"}, None),
+    ("4:cpu,cpuacct:/x\n0::/\n", {"cpu,cpuacct/x/cpu.cfs_quota_us": "50000", "cpu,cpuacct/x/cpu.cfs_period_us":
+                                  "100000"}, 0.5),  # cgroup v1
+    ("4:cpu:/\n", {"cpu/cpu.cfs_quota_us": "-1", "cpu/cpu.cfs_period_us": "100000"}, None),  # v1, no quota
+])
+def test_usable_cores_follow_the_cgroup_quota(tmp_path: Path, membership: str, files: dict[str, str],
+                                              quota: float | None) -> None:
+    root, proc = cgroup(tmp_path, membership, files)
+    assert cpu_quota(root, proc) == quota
+    expected = AFFINITY if quota is None else max(1, min(AFFINITY, int(quota)))
+    assert usable_cores(root, proc) == expected
