@@ -12,9 +12,9 @@ each worker publishes its own in the facedet_ready gauge, and /readyz answers 20
 Signals: SIGTERM or SIGINT to the supervisor goes on to every worker, and each drains as a single process does
 (readiness 503 for FACEDET_SHUTDOWN_DELAY_S, then graceful shutdown); a second one, passed on too, stops them at
 once. Workers run in their own process group, so Ctrl-C in a terminal reaches the supervisor alone and each worker
-gets the signal once, not twice (twice means "stop now"). A worker that dies otherwise is replaced at once; its live
-gauges go (mark_process_dead), so readiness is 503 until the replacement has warmed up, while the other workers
-keep serving. A worker that cannot start (exit status 3, uvicorn's for that) stops the service: a replacement
+gets the signal once, not twice (twice means "stop now"). A worker that dies otherwise is replaced at once, or
+after 1, 2, 4 ... 30 s when it keeps dying within 10 s of its start; its live gauges go (mark_process_dead), so
+readiness is 503 until the replacement has warmed up, while the other workers keep serving. A worker that cannot start (exit status 3, uvicorn's for that) stops the service: a replacement
 would fail the same way. A worker whose supervisor is killed drains and exits by itself (DrainingServer).
 """
 
@@ -45,6 +45,10 @@ from service.settings import Settings
 
 log = logging.getLogger("service.workers")
 STARTUP_FAILURE = 3  # uvicorn's exit status for a server that could not start
+# A worker that dies sooner than this after it started counts as a crash at start: its replacement waits
+# restart_delay(n) after the n-th in a row, so a worker that crashes every time does not spin the supervisor.
+QUICK_DEATH_S = 10.0
+MAX_RESTART_DELAY_S = 30.0
 # A drained worker has had the shutdown delay and the graceful timeout; this long more and it is killed.
 STOP_MARGIN_S = 10.0
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s"  # which process said it
@@ -57,6 +61,12 @@ def worker_count(settings: Settings, providers: Iterable[str]) -> int:
     if settings.workers is not None:
         return settings.workers
     return 1 if any(p != "CPUExecutionProvider" for p in providers) else usable_cores()
+
+
+def restart_delay(quick_deaths: int) -> float:
+    """Seconds before replacing a worker after `quick_deaths` crashes at start in a row: 0 for a worker that had
+    run a while, then 1, 2, 4, ... up to MAX_RESTART_DELAY_S."""
+    return 0.0 if quick_deaths <= 0 else min(MAX_RESTART_DELAY_S, 2.0 ** (quick_deaths - 1))
 
 
 def supervise(settings: Settings, count: int) -> int:
@@ -76,6 +86,9 @@ class Supervisor:
         self.settings, self.sock, self.metrics_dir = settings, sock, metrics_dir
         self.count = count
         self.workers: list[BaseProcess] = []
+        self.started: list[float] = []  # when each slot's worker was started (monotonic)
+        self.quick_deaths: list[int] = []  # each slot's crashes at start in a row
+        self.respawn_at: dict[int, float] = {}  # slot -> when its dead worker is replaced
         self.signals: list[int] = []  # received, in order; handled in the main loop, not in the handler
         self.failed = False
 
@@ -87,9 +100,12 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda received, frame: self.signals.append(received))
         try:
+            self.started, self.quick_deaths = [0.0] * self.count, [0] * self.count
             self.workers = [self._spawn(i) for i in range(self.count)]
             while not self.signals and not self.failed:
-                self._wait(self.workers, None)
+                live = [p for i, p in enumerate(self.workers) if i not in self.respawn_at]
+                due = min(self.respawn_at.values(), default=None)
+                self._wait(live, None if due is None else max(0.0, due - time.monotonic()))
                 self._replace_dead()
             self._stop()
         finally:
@@ -102,6 +118,7 @@ class Supervisor:
         proc = SPAWN.Process(target=serve_worker, name=f"facedet-worker-{index + 1}",
                              args=(self.settings, self.count, self.sock, self.metrics_dir))
         proc.start()
+        self.started[index] = time.monotonic()
         log.info("worker %d started: pid %d", index + 1, proc.pid)
         return proc
 
@@ -114,16 +131,27 @@ class Supervisor:
             pass
 
     def _replace_dead(self) -> None:
+        """Note the workers that died (a crash at start delays its replacement: restart_delay), then start the
+        replacements that are due."""
+        now = time.monotonic()
         for index, proc in enumerate(self.workers):
-            if proc.exitcode is None:
+            if index in self.respawn_at or proc.exitcode is None:
                 continue
             mark_process_dead(proc.pid, self.metrics_dir)
             if proc.exitcode == STARTUP_FAILURE:
                 log.error("worker %d (pid %d) could not start: stopping the service", index + 1, proc.pid)
                 self.failed = True
-            elif not self.failed:
-                log.warning("worker %d (pid %d) %s: starting a replacement", index + 1, proc.pid, _ended(proc))
-                proc.close()
+                continue
+            quick = now - self.started[index] < QUICK_DEATH_S
+            self.quick_deaths[index] = self.quick_deaths[index] + 1 if quick else 0
+            delay = restart_delay(self.quick_deaths[index])
+            log.warning("worker %d (pid %d) %s: starting a replacement%s", index + 1, proc.pid, _ended(proc),
+                        f" in {delay:g} s ({self.quick_deaths[index]} deaths at start in a row)" if delay else "")
+            self.respawn_at[index] = now + delay
+        for index, when in list(self.respawn_at.items()):
+            if when <= now and not self.failed:
+                del self.respawn_at[index]
+                self.workers[index].close()
                 self.workers[index] = self._spawn(index)
 
     def _stop(self) -> None:

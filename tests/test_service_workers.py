@@ -217,3 +217,46 @@ def test_usable_cores_follow_the_cgroup_quota(tmp_path: Path, membership: str, f
     assert cpu_quota(root, proc) == quota
     expected = AFFINITY if quota is None else max(1, min(AFFINITY, int(quota)))
     assert usable_cores(root, proc) == expected
+
+
+class _DeadOnArrival:
+    """Stands in for a worker process in the supervisor's bookkeeping: alive until exitcode is set."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.exitcode = pid, None
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_worker_that_keeps_dying_at_start_is_replaced_later_each_time(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.workers as workers_module
+
+    assert [workers_module.restart_delay(n) for n in range(8)] == [0, 1, 2, 4, 8, 16, 30, 30]
+    clock = [100.0]
+    monkeypatch.setattr(workers_module.time, "monotonic", lambda: clock[0])
+    supervisor = workers_module.Supervisor(load_settings(workers=2), 1, None, str(tmp_path))
+    supervisor.started, supervisor.quick_deaths, procs = [0.0], [0], []
+
+    def spawn(index: int) -> _DeadOnArrival:
+        procs.append(_DeadOnArrival(1000 + len(procs)))
+        supervisor.started[index] = clock[0]
+        return procs[-1]
+
+    monkeypatch.setattr(supervisor, "_spawn", spawn)
+    supervisor.workers = [spawn(0)]
+    delays = []
+    for _ in range(4):  # dies 1 s after each start
+        procs[-1].exitcode = -9
+        clock[0] += 1.0
+        supervisor._replace_dead()
+        delays.append(supervisor.respawn_at[0] - clock[0])
+        assert len(procs) == len(delays)  # not replaced yet
+        clock[0] = supervisor.respawn_at[0]
+        supervisor._replace_dead()
+    assert delays == [1.0, 2.0, 4.0, 8.0] and len(procs) == 5
+    procs[-1].exitcode = -9  # one that served for a minute is replaced at once
+    clock[0] += 60.0
+    supervisor._replace_dead()
+    assert supervisor.respawn_at == {} and len(procs) == 6 and supervisor.workers == [procs[-1]]
