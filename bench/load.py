@@ -86,9 +86,10 @@ def payloads(folder: Path) -> dict[str, tuple[Path, str]]:
     return files
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, key: str = "VmRSS") -> float:
+    """A process's resident memory (or another /proc/PID/status figure in kB, such as its peak VmHWM), MB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(key + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 

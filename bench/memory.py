@@ -34,6 +34,7 @@ from sklearn.datasets import load_sample_image
 
 from bench.common import OUT_HELP, finish, load_note, machine, table
 from bench.hostile import corpus, tiff_with_tile
+from bench.load import rss_mb
 from service.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,10 +54,6 @@ def photos() -> dict[str, tuple[bytes, str]]:
     return out
 
 
-def status_kb(pid: int, key: str) -> int:
-    return int(next(line for line in open(f"/proc/{pid}/status") if line.startswith(key + ":")).split()[1])
-
-
 class Probe:
     """The server's resident memory: reset the peak, then read how far above the starting point it went."""
 
@@ -66,10 +63,10 @@ class Probe:
     def start(self) -> None:
         with open(f"/proc/{self.pid}/clear_refs", "w") as f:
             f.write("5")
-        self.before = status_kb(self.pid, "VmRSS")
+        self.before = rss_mb(self.pid)
 
     def added_mb(self) -> float:
-        return (status_kb(self.pid, "VmHWM") - self.before) / 1024
+        return rss_mb(self.pid, "VmHWM") - self.before
 
 
 def post(client: httpx.Client, url: str, files: list[tuple[str, bytes, str]]) -> tuple[int, float]:

@@ -36,8 +36,7 @@ class Admission:
         # read took more than ~0.1 s.
         self.inline_turn_budget_s = settings.inline_turn_budget_ms / 1e3
         self.max_queue_wait_s = settings.max_queue_wait_s
-        self.backlog_s = 0.0  # estimated seconds of costed work (photo scans) queued or running in the pool
-        self.costed = 0  # how many such jobs
+        self._costs: list[float] = []  # estimated seconds of each costed job (a photo scan) queued or running
         self._inline_spent = 0.0  # seconds of inline work in this turn of the event loop so far
         self._pool = ThreadPoolExecutor(settings.worker_threads, thread_name_prefix="inference")
 
@@ -74,6 +73,15 @@ class Admission:
         finally:
             self.memory_reserved -= nbytes
 
+    @property
+    def backlog_s(self) -> float:
+        """Estimated seconds of the costed work queued or running in the pool."""
+        return sum(self._costs)
+
+    @property
+    def costed(self) -> int:
+        return len(self._costs)
+
     def inline_room(self) -> bool:
         """Whether this turn of the event loop may still do a small request's work itself."""
         return self._inline_spent < self.inline_turn_budget_s
@@ -103,13 +111,13 @@ class Admission:
                                    f"the photos ahead of this one would hold it ~{wait_s:.1f} s before it starts, "
                                    f"over FACEDET_MAX_QUEUE_WAIT_S={self.max_queue_wait_s:g}; retry shortly",
                                    headers={"Retry-After": str(self.retry_after_s)})
-        self.backlog_s += cost_s
-        self.costed += cost_s > 0.0
+        if cost_s <= 0.0:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        self._costs.append(cost_s)
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
         finally:
-            self.costed -= cost_s > 0.0
-            self.backlog_s = max(0.0, self.backlog_s - cost_s) if self.costed else 0.0  # no float residue
+            self._costs.remove(cost_s)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -86,8 +86,8 @@ class Supervisor:
         self.settings, self.sock, self.metrics_dir = settings, sock, metrics_dir
         self.count = count
         self.workers: list[BaseProcess] = []
-        self.started: list[float] = []  # when each slot's worker was started (monotonic)
-        self.quick_deaths: list[int] = []  # each slot's crashes at start in a row
+        self.started = [0.0] * count  # when each slot's worker was started (monotonic)
+        self.quick_deaths = [0] * count  # each slot's crashes at start in a row
         self.respawn_at: dict[int, float] = {}  # slot -> when its dead worker is replaced
         self.signals: list[int] = []  # received, in order; handled in the main loop, not in the handler
         self.failed = False
@@ -100,7 +100,6 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda received, frame: self.signals.append(received))
         try:
-            self.started, self.quick_deaths = [0.0] * self.count, [0] * self.count
             self.workers = [self._spawn(i) for i in range(self.count)]
             while not self.signals and not self.failed:
                 live = [p for i, p in enumerate(self.workers) if i not in self.respawn_at]

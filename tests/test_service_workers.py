@@ -237,7 +237,7 @@ def test_a_worker_that_keeps_dying_at_start_is_replaced_later_each_time(tmp_path
     clock = [100.0]
     monkeypatch.setattr(workers_module.time, "monotonic", lambda: clock[0])
     supervisor = workers_module.Supervisor(load_settings(workers=2), 1, None, str(tmp_path))
-    supervisor.started, supervisor.quick_deaths, procs = [0.0], [0], []
+    procs: list[_DeadOnArrival] = []
 
     def spawn(index: int) -> _DeadOnArrival:
         procs.append(_DeadOnArrival(1000 + len(procs)))
