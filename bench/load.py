@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     ap.add_argument("--payloads", nargs="+", default=["png64", "jpeg640x480"], choices=PAYLOADS,
                     help="payloads the own client sends")
     ap.add_argument("--wrk-payloads", nargs="+", default=["crop64"], choices=PAYLOADS,
-                    help="payloads wrk sends (none: `--wrk-payloads` left out with --no-wrk)")
+                    help="payloads wrk sends (--no-wrk: none)")
     ap.add_argument("--wrk-concurrency", type=int, nargs="+", default=[32, 64])
     ap.add_argument("--wrk-seconds", type=float, default=8.0)
     ap.add_argument("--wrk-timeout", type=float, default=2.0, help="wrk's --timeout, s: slower requests count as errors")
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
     specs = {"detect": (["-m", "service"], one),
              "detect-pool": (["-m", "service"], {**one, "FACEDET_INLINE_MAX_PIXELS": "0"}),
              "detect-unbounded": (["-m", "service"], {**one, "FACEDET_INLINE_TURN_BUDGET_MS": str(UNBOUNDED_TURN_MS)}),
-             "detect+batch": (["-m", "service"], {"FACEDET_WORKERS": "1", "FACEDET_MICRO_BATCH_MAX": str(args.batch_max),
+             "detect+batch": (["-m", "service"], {**one, "FACEDET_MICRO_BATCH_MAX": str(args.batch_max),
                                                   "FACEDET_MICRO_BATCH_WAIT_MS": str(args.batch_wait_ms)}),
              "floor": (["-m", "bench.load_peers", "floor"], {}),
              "naive": (["-m", "bench.load_peers", "naive", "--checkpoint", args.checkpoint], {})}
