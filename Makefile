@@ -46,6 +46,7 @@ install-bench: $(VENV)/.installed-bench
 
 bench: install-bench  ## benchmarks: tables printed, JSON in bench/results/ (a few minutes each)
 	$(PY) -m bench.localise
+	$(PY) -m bench.reconstruction
 	$(PY) -m bench.fairness
 	$(PY) -m bench.inference
 	$(PY) -m bench.training

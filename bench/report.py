@@ -43,7 +43,7 @@ from training.evaluation import evaluate_models  # noqa: E402
 from training.fairness import CardInputs  # noqa: E402
 from training.manifest import load_manifest  # noqa: E402
 from training.metrics import binary_metrics, sigmoid  # noqa: E402
-from training.reconstruction import summary  # noqa: E402
+from training.reconstruction import morph_latents, summary  # noqa: E402
 from training.reporting import fairness_chart  # noqa: E402
 from training.resampling import sampling_probabilities  # noqa: E402
 
@@ -157,16 +157,20 @@ def roc_figure(models_dir: Path, manifest: dict, images: np.ndarray, y: np.ndarr
 
 def reconstructions(enc, dec, faces: np.ndarray, out: Path, footer: str) -> Path:
     _, mu, _ = enc.run(["logit", "mu", "logvar"], {"image": to_model_input(faces)})
-    recon = dec.run(["image"], {"z": mu})[0].transpose(0, 2, 3, 1)  # decode the mean: no sampling noise
+    decode = lambda z: np.clip(dec.run(["image"], {"z": z})[0], 0, 1).transpose(0, 2, 3, 1)  # noqa: E731
+    recon = decode(mu)  # decode the mean: no sampling noise
     pairs = [im for pair in zip(faces.astype(np.float32) / 255.0, recon) for im in pair]
-    r = summary(faces.astype(np.float32) / 255.0, np.clip(recon, 0, 1))
+    z = morph_latents(mu)  # [P, steps, D]
+    morphs = decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:2], *recon.shape[1:]) if len(z) else None
+    r = summary(faces.astype(np.float32) / 255.0, recon, morphs)
+    nearing = f", morphs nearer to B frame by frame {r['morph_nearing_b']:.0%}" if "morph_nearing_b" in r else ""
     fig, ax = plt.subplots(figsize=(9, 9 * int(np.ceil(len(pairs) / 8)) / 8 + 1.6))
     image_grid(ax, np.stack(pairs), 8)
     ax.set_title("validation faces (left of each pair) and DB-VAE reconstructions decode(mu) (right)\n"
                  f"PSNR {r['psnr_db']:.1f} dB (mean face {r['mean_face_psnr_db']:.1f}), SSIM {r['ssim']:.2f} "
                  f"(mean face {r['mean_face_ssim']:.2f}), own-face correlation {r['correlation_own']:.2f} vs others "
-                 f"{r['correlation_others']:.2f}, identified top-1 {r['identified_top1']:.0%} (chance "
-                 f"{r['chance_top1']:.0%}), morph ends {r['morph_ends_identified']:.0%}", fontsize=8)
+                 f"{r['correlation_others']:.2f},\nidentified top-1 {r['identified_top1']:.0%} (chance "
+                 f"{r['chance_top1']:.0%}), morph ends {r['morph_ends_identified']:.0%}{nearing}", fontsize=8)
     return save(fig, out, "reconstructions.png", footer)
 
 
@@ -176,8 +180,11 @@ def morph(enc, dec, a: np.ndarray, b: np.ndarray, steps: int, out: Path, footer:
     z = mu[0:1] + t * (mu[1:2] - mu[0:1])  # same interpolation as the service's /v1/morph
     frames = dec.run(["image"], {"z": z.astype(np.float32)})[0].transpose(0, 2, 3, 1)
     strip = np.concatenate([a[None].astype(np.float32) / 255.0, frames, b[None].astype(np.float32) / 255.0])
-    fig, ax = plt.subplots(figsize=(1.1 * len(strip), 1.9))
-    image_grid(ax, strip, len(strip), ["input A"] + [f"t={v:.2f}" for v in t[:, 0]] + ["input B"])
+    flat = np.clip(frames, 0, 1).reshape(len(frames), -1).astype(np.float64)
+    to_b = np.sqrt(((flat - flat[-1]) ** 2).mean(1))  # RMS distance to the last frame, as /v1/morph reports it
+    fig, ax = plt.subplots(figsize=(1.1 * len(strip), 2.0))
+    image_grid(ax, strip, len(strip), ["input A"] + [f"t={v:.2f}\nto B {d:.3f}" for v, d in zip(t[:, 0], to_b)]
+               + ["input B"])
     ax.set_title(f"latent morph A -> B: decode(mu_A + t (mu_B - mu_A)), {steps} steps (ONNX encoder/decoder)",
                  fontsize=10)
     return save(fig, out, "morph.png", footer)

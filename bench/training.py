@@ -78,10 +78,10 @@ def time_steps(kind: str, source: H5Source, cfg: TrainConfig, device: torch.devi
         y = y.to(device)
         sync(device)
         t1 = time.perf_counter()
-        x, y, target = augment_batch(x, y, cfg, gen)
+        batch = augment_batch(x, y, cfg, gen, vae_view=kind == "dbvae")
         sync(device)
         t2 = time.perf_counter()
-        losses = train_step(kind, model, opt, x, y, target, cfg)
+        losses = train_step(kind, model, opt, batch, cfg)
         losses["loss"].item()  # wait for the step, as the training loop does when it logs the loss
         t3 = time.perf_counter()
         if i >= warmup:

@@ -74,7 +74,7 @@ class Answer:
 
 
 def frame_distances(frames: np.ndarray) -> list[dict[str, float]]:
-    """Each decoded frame [steps, 3, S, S]'s RMS pixel distance (0..1) to the first frame (a's reconstruction) and
+    """Each decoded frame [steps, C, S, S]'s RMS pixel distance (0..1) to the first frame (a's reconstruction) and
     to the last (b's): a morph that moves from a to b has the second falling frame by frame."""
     flat = frames.reshape(len(frames), -1).astype(np.float64)
     rms = lambda i: np.sqrt(((flat - flat[i]) ** 2).mean(1))  # noqa: E731 - two uses, one line
@@ -314,7 +314,7 @@ class Pipeline:
             (face_a, choice_a), (face_b, choice_b) = self.face_input(a, box_a), self.face_input(b, box_b)
             mu = self.runtime.encode(to_model_input([face_a, face_b])).astype(np.float64)  # [2, D]
             t = np.linspace(0.0, 1.0, steps)[:, None]  # [steps, 1]
-            frames = self.runtime.generate((1.0 - t) * mu[0] + t * mu[1])  # [steps, 3, S, S]
+            frames = self.runtime.generate((1.0 - t) * mu[0] + t * mu[1])  # [steps, C, S, S]
             distance, choices = float(np.linalg.norm(mu[1] - mu[0])), (choice_a, choice_b)
             if fmt == "json":
                 return (render.base64_pngs(frames), frame_distances(frames)), distance, choices

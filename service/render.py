@@ -1,4 +1,5 @@
-"""Model output ([N, 3, H, W] floats in [0, 1]) -> PNG, PNG strip, animated GIF or base64 frames."""
+"""Model output ([N, C, H, W] floats in [0, 1], C = 3 for RGB or 1 for grey) -> PNG, PNG strip, animated GIF or
+base64 frames, in RGB or one-channel grey alike."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from PIL import Image
 
 
 def to_pil(chw: np.ndarray) -> Image.Image:
+    """[3, H, W] -> an RGB picture; [1, H, W] -> a grey ("L") one."""
     hwc = np.rint(np.clip(chw, 0.0, 1.0).transpose(1, 2, 0) * 255.0).astype(np.uint8)
-    return Image.fromarray(hwc)
+    return Image.fromarray(hwc[:, :, 0], "L") if hwc.shape[2] == 1 else Image.fromarray(hwc, "RGB")
 
 
 def png(chw: np.ndarray) -> bytes:
@@ -23,7 +25,7 @@ def png(chw: np.ndarray) -> bytes:
 def png_strip(frames: np.ndarray) -> bytes:
     """Frames side by side, left to right, in one PNG."""
     h, w = frames.shape[2], frames.shape[3]
-    strip = Image.new("RGB", (w * len(frames), h))
+    strip = Image.new("L" if frames.shape[1] == 1 else "RGB", (w * len(frames), h))
     for i, frame in enumerate(frames):
         strip.paste(to_pil(frame), (i * w, 0))
     buf = io.BytesIO()

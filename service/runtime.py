@@ -144,8 +144,11 @@ class Runtime:
         return self.graphs["dbvae.encoder"].run(batch)["mu"]
 
     def generate(self, z: np.ndarray) -> np.ndarray:
-        """Latents [N, D] -> the DB-VAE decoder's images, float32 [N, 3, S, S] in [0, 1]."""
+        """Latents [N, D] -> the DB-VAE decoder's images, float32 [N, C, S, S] in [0, 1]: C = 3, or 1 where the
+        manifest says the decoder is grey (its graph gives R = G = B; one channel is all there is to serve)."""
         images = self.graphs["dbvae.decoder"].run(np.ascontiguousarray(z, dtype=np.float32))["image"]
+        if self.manifest.models["dbvae"].output_colour == "grey":
+            images = images[:, :1]
         return np.clip(images, 0.0, 1.0)
 
 

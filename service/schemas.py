@@ -63,6 +63,9 @@ class ManifestModel(BaseModel):
     graphs: dict[str, str]
     metrics: dict[str, Any] = {}
     fairness: FairnessCard | None = None
+    # The decoder's images (DB-VAE only): grey ones hold R = G = B and are served as one-channel pictures.
+    # Manifests from before it was written had RGB decoders.
+    output_colour: Literal["rgb", "grey"] = "rgb"
 
 
 class ManifestFile(BaseModel):
@@ -215,6 +218,9 @@ class ModelInfo(BaseModel):
     graphs: dict[str, GraphInfo]
     metrics: dict[str, Any]
     fairness: FairnessCard | None = Field(None, description="the fairness card in the manifest; null: none computed")
+    output_colour: Literal["rgb", "grey"] | None = Field(
+        None, description="what /v1/reconstruct and /v1/morph give out: rgb, or grey (one-channel PNG and GIF "
+                          "frames) for a decoder trained on grey faces; null: the model has no decoder")
 
 
 class ModelsResponse(BaseModel):

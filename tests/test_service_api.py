@@ -223,3 +223,32 @@ def test_unversioned_upload_paths_still_answer_and_are_marked_deprecated(client:
         assert paths[path]["post"]["deprecated"] is True
         assert "deprecated" not in paths["/v1" + path]["post"]
     assert "/models" not in paths and {"/healthz", "/readyz", "/metrics", "/v1/models"} <= set(paths)
+
+
+def test_a_grey_decoder_is_served_as_one_channel_pictures(tmp_path, reference: Reference) -> None:
+    """A manifest that marks the DB-VAE's decoder grey (trained on grey faces: its graph gives R = G = B) gets
+    one-channel PNGs and GIF frames, its first channel, and /v1/models says so."""
+    import json
+
+    from service.main import create_app
+    from service.settings import Settings
+    from tests.utils.models import build_models
+
+    models = build_models(tmp_path / "models")
+    manifest = json.loads((models / "manifest.json").read_text())
+    manifest["models"]["dbvae"]["output_colour"] = "grey"
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    a, b = variants(1)["rgb.png"], variants(2)["rgb.jpg"]
+    with TestClient(create_app(Settings(models_dir=models, providers=["CPUExecutionProvider"]))) as grey:
+        listed = {m["name"]: m["output_colour"] for m in grey.get("/v1/models").json()["models"]}
+        assert listed == {"cnn": None, "dbvae": "grey"}
+        with Image.open(io.BytesIO(grey.post("/v1/reconstruct", files={"image": ("a.png", a)}).content)) as im:
+            assert (im.format, im.mode, im.size) == ("PNG", "L", (64, 64))
+            got = np.asarray(im).astype(int)
+        assert np.abs(got - expected_pixels(reference.decode(reference.mu(model_input(a)))[0])[:, :, 0]).max() <= 1
+        strip = grey.post("/v1/morph", params={"steps": 3}, files={"a": ("a", a), "b": ("b", b)}).content
+        gif = grey.post("/v1/morph", params={"steps": 3, "format": "gif"}, files={"a": ("a", a), "b": ("b", b)})
+        with Image.open(io.BytesIO(strip)) as im, Image.open(io.BytesIO(gif.content)) as anim:
+            assert (im.mode, im.size) == ("L", (3 * 64, 64))
+            assert np.abs(np.asarray(im).astype(int)[:, :64] - got).max() <= 1
+            assert (anim.n_frames, anim.convert("L").size) == (4, (64, 64))

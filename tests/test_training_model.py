@@ -40,6 +40,29 @@ def test_architecture_matches_the_lab():
     assert head.out_features == 1 + 2 * 100
 
 
+def test_upsampling_and_grey_decoders():
+    torch.manual_seed(0)
+    z = torch.randn(4, 8)
+    up = DBVAE(ModelConfig(latent_dim=8, decoder="upsample", decoder_filters=(32, 16, 16, 8))).eval()
+    kinds = [type(m).__name__ for m in up.decoder_conv]
+    assert kinds == ["UpBlock", "UpBlock", "UpBlock", "Upsample", "Conv2d"]  # 4 -> 8 -> 16 -> 32 -> 64
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in up.modules())
+    assert up.decoder_in[0].out_features == 32 * 4 * 4
+    grey = DBVAE(ModelConfig(latent_dim=8, decoder="upsample", decoder_channels=1)).eval()
+    assert grey.decoder_conv[-1].out_channels == 1
+    with torch.no_grad():
+        for model in (up, grey):
+            assert model.decode(z).shape == (4, 3, 64, 64)
+        out = grey.decode(z)
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])  # one channel as R = G = B
+    with pytest.raises(ValueError, match="decoder must be"):
+        ModelConfig(decoder="pixelshuffle")
+    with pytest.raises(ValueError, match="one entry per encoder block"):
+        ModelConfig(decoder_filters=(8, 8))
+    with pytest.raises(ValueError, match="decoder_channels"):
+        ModelConfig(decoder_channels=2)
+
+
 def test_bad_model_config_is_refused():
     with pytest.raises(ValueError, match="same length"):
         ModelConfig(filters=(12, 24), kernels=(5,))
@@ -77,6 +100,47 @@ def test_total_loss_matches_hand_computation():
     assert out["loss"].item() == pytest.approx((bce_face + vae_face + bce_non) / 2, rel=1e-6)
     assert out["kl"].item() == pytest.approx(0.5)  # faces only
     assert out["recon"].item() == pytest.approx(0.25)
+    heavier = dbvae_loss(x, y, logit, mu, logvar, x_hat, kl_weight=0.1, vae_weight=3.0)["loss"].item()
+    assert heavier == pytest.approx((bce_face + 3 * vae_face + bce_non) / 2, rel=1e-6)
+
+
+def test_a_second_view_carries_the_vae_term_and_the_batch_the_bce_term():
+    """Rows 0-1 are the classifier's batch (a face, a non-face), row 2 the face's second view (vae_only=1)."""
+    x = torch.full((3, 3, 2, 2), 0.5)
+    x_hat = torch.cat([torch.full((2, 3, 2, 2), 0.25), torch.full((1, 3, 2, 2), 0.4)])
+    logit = torch.tensor([2.0, -1.0, 5.0])  # the view's logit is not trained
+    mu = torch.tensor([[1.0], [3.0], [2.0]])
+    logvar = torch.zeros(3, 1)
+    y = torch.tensor([1.0, 0.0, 1.0])
+    out = dbvae_loss(x, y, logit, mu, logvar, x_hat, kl_weight=0.1, vae_only=1)
+    bce_face, bce_non = math.log(1 + math.exp(-2.0)), math.log(1 + math.exp(-1.0))
+    vae_view = 0.1 * 0.5 * 4.0 + 0.1  # KL of mu 2 is 2; |0.5 - 0.4| = 0.1
+    assert out["loss"].item() == pytest.approx((bce_face + bce_non + vae_view) / 2, rel=1e-6)
+    assert out["per_sample"].tolist() == pytest.approx([bce_face, bce_non, vae_view], rel=1e-6)
+    assert (out["kl"].item(), out["recon"].item()) == pytest.approx((2.0, 0.1))
+    with pytest.raises(ValueError, match="must all be faces"):
+        dbvae_loss(x, torch.tensor([1.0, 1.0, 0.0]), logit, mu, logvar, x_hat, kl_weight=0.1, vae_only=1)
+
+
+def test_the_light_view_appends_each_face_once_as_its_own_target():
+    from training.augment import light_view
+    from training.config import TrainConfig
+    from training.train import augment_batch
+
+    smooth = torch.rand(8, 3, 4, 4, generator=torch.Generator().manual_seed(0))  # pictures, not pixel noise
+    x = F.interpolate(smooth, size=(64, 64), mode="bilinear", align_corners=False)
+    y = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0])
+    cfg = TrainConfig(vae_view="light", misframed=0.0, flip=0.0)
+    plain = augment_batch(x, y, cfg, torch.Generator().manual_seed(1))
+    batch = augment_batch(x, y, cfg, torch.Generator().manual_seed(1), vae_view=True)
+    assert plain.vae_only == 0 and batch.vae_only == 3 and len(batch.x) == len(batch.target) == 11
+    assert torch.equal(batch.x[:8], plain.x) and batch.y.tolist() == y.tolist() + [1, 1, 1]
+    assert torch.equal(batch.target[8:], batch.x[8:])  # the view is its own target
+    # Only a little moved: far nearer its face than the classifier's augmentation leaves it.
+    assert (batch.x[8:] - x[:3]).abs().mean() < 0.5 * (plain.x[:3] - x[:3]).abs().mean()
+    still = light_view(x[:3], TrainConfig(flip=0.0), torch.Generator().manual_seed(2))
+    assert still.shape == (3, 3, 64, 64) and not torch.equal(still, x[:3])
+    assert augment_batch(x, y, TrainConfig(vae_view="batch", misframed=0.0), torch.Generator(), vae_view=True).vae_only == 0
 
 
 def test_trap_a_non_face_has_classification_loss_and_no_vae_loss():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from training.checkpoint import load_checkpoint
+from training.cli import build_parser
 from training.cli import main as train_main
 from training.config import TrainConfig
 from training.data.image import to_model_input
@@ -47,11 +48,17 @@ def test_exports_follow_the_contract(trained):
     for name, meta in manifest["files"].items():
         data = (models / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == meta["sha256"] and len(data) == meta["bytes"]
-    assert manifest["data"]["mined_non_faces"][0] > 0  # one round of hard negatives, by default
+    mined = manifest["data"]["mined_non_faces"]  # two rounds of hard negatives, by default
+    assert len(mined) == 2 and mined[0] > 0
     rec = manifest["models"]["dbvae"]["metrics"]["val"]["reconstruction"]  # the exported graphs, scored
     assert rec["faces"] == 20 and 0 < rec["ssim"] <= 1 and rec["psnr_db"] > 0 and rec["chance_top1"] == 0.05
     per_epoch = [h["val"]["reconstruction"] for h in manifest["models"]["dbvae"]["metrics"]["history"]]
     assert len(per_epoch) == 3 and all(0 <= e["identified_top1"] <= 1 for e in per_epoch)
+    assert rec["morphs"] == 20 and 0 <= rec["morph_nearing_b"] <= 1
+    # The built-in faces are grey and so is the default front end: the decoder gives one channel, and says so.
+    assert manifest["models"]["dbvae"]["output_colour"] == "grey" and "output_colour" not in manifest["models"]["cnn"]
+    decoded = ort.InferenceSession(str(models / "dbvae_decoder.onnx")).run(None, {"z": np.ones((1, 16), np.float32)})[0]
+    assert decoded.shape == (1, 3, 64, 64) and np.array_equal(decoded[:, 0], decoded[:, 2])
     assert "reconstruction" not in manifest["models"]["cnn"]["metrics"]["val"]
     cards = {k: manifest["models"][k]["fairness"] for k in ("cnn", "dbvae")}  # computed for every model
     for kind, card in cards.items():
@@ -107,6 +114,43 @@ def test_checkpoint_holds_state_configs_and_metrics(trained):
     assert all(s["max_min_ratio"] >= 1.0 and 0 < s["ess_fraction"] <= 1.0 for s in stats)
     assert stats[-1]["max_min_ratio"] > 1.5  # the distribution moved away from uniform
     assert not list((trained / "ckpt").glob("*.tmp"))
+
+
+def test_a_checkpoint_from_before_the_configurable_decoder_loads(trained, tmp_path):
+    """Its model_config has no decoder keys: the defaults are the decoder it holds (the lab's, RGB)."""
+    ckpt = torch.load(trained / "ckpt" / "dbvae.pt", weights_only=False)
+    old = DBVAE(ModelConfig(latent_dim=16, decoder="deconv", front_end=ckpt["model_config"]["front_end"]))
+    config = old.cfg.to_dict()
+    for key in ("decoder", "decoder_filters", "decoder_channels"):
+        del config[key]
+    torch.save({**ckpt, "model_config": config, "model_state": old.state_dict()}, tmp_path / "old.pt")
+    model, _ = load_checkpoint(tmp_path / "old.pt")
+    assert (model.cfg.decoder, model.cfg.decoder_channels) == ("deconv", 3)
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        assert torch.equal(model.decode(z), old.eval().decode(z))
+
+
+def test_the_decoder_gives_colour_only_where_the_encoder_sees_it(tmp_path):
+    builtin = TrainConfig().model_config()
+    folders = TrainConfig(source="folders", faces=str(tmp_path), non_faces=str(tmp_path)).model_config()
+    assert (builtin.front_end, builtin.decoder_channels) == ("grey-lowpass", 1)
+    assert (folders.front_end, folders.decoder_channels) == ("none", 3)
+    assert TrainConfig(decoder_colour="rgb").model_config().decoder_channels == 3
+    assert TrainConfig(front_end="none", decoder_colour="grey").model_config().decoder_channels == 1
+
+
+def test_every_training_command_prints_its_help(capsys):
+    from training.digits import build_parser as digits_parser
+
+    for main, name in ((train_main, "python -m training"), (lambda argv: digits_parser().parse_args(argv),
+                                                            "python -m training.digits")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--help"])
+        assert exit_.value.code == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"usage: {name}") and "(default: " in out
+    assert "5-25% rectangle" in build_parser().format_help()  # a literal % survives argparse's formatting
 
 
 def test_evaluate_exported_models_on_the_held_out_split(trained, cache, tmp_path, capsys):
@@ -166,6 +210,9 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert train_main(["--source", "folders", "--faces", str(tmp_path)]) == 2
     assert "needs --faces DIR and --non-faces DIR" in capsys.readouterr().err
     assert train_main(["--batch-size", "7"]) == 2
+    assert train_main(["--decoder-filters", "64,32"]) == 2
+    assert "bad model settings: decoder_filters needs one entry per encoder block" in capsys.readouterr().err
+    assert train_main(["--kl-warmup", "2"]) == 2
     assert evaluate_main(["--models-dir", str(tmp_path)]) == 2
     assert "no manifest.json" in capsys.readouterr().err
 

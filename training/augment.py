@@ -4,6 +4,7 @@ jitter. Vectorised and seeded, so it costs a small fraction of a training step. 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,21 @@ def geometry(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
     theta = torch.stack([torch.stack([cos * flip, -sin, tx], 1),
                          torch.stack([sin * flip, cos, ty], 1)], 1)  # [N, 2, 3]
     return _warp(x, theta, backgrounds, g)
+
+
+# The light view (light_view): how far a framed face crop is from the training faces' framing. The localiser's
+# box is off by up to about a stride and a scale step; the decoder is asked to give back such crops.
+LIGHT_ROTATE, LIGHT_SHIFT, LIGHT_SCALE = 5.0, 0.04, (0.93, 1.07)
+
+
+def light_view(faces: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
+               backgrounds: torch.Tensor | None = None) -> torch.Tensor:
+    """Faces [M, 3, H, W] framed as a face crop is: flipped with cfg.flip, rotated, moved and scaled a little
+    (LIGHT_*), nothing covering or recolouring them. The DB-VAE's reconstruction term trains on this view
+    (--vae-view light), so its decoder learns to give back faces like those /v1/reconstruct is sent, and not
+    faces zoomed out into a scene at 15 degrees, which the classifier's augmentation makes."""
+    light = replace(cfg, rotate=LIGHT_ROTATE, shift=LIGHT_SHIFT, scale_min=LIGHT_SCALE[0], scale_max=LIGHT_SCALE[1])
+    return geometry(faces, light, g, backgrounds)
 
 
 def appearance(x: torch.Tensor, cfg: TrainConfig, g: torch.Generator,

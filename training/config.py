@@ -21,7 +21,8 @@ def config_parser(cls: type, prog: str, doc: str | None) -> argparse.ArgumentPar
     for f in fields(cls):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        # argparse %-formats help texts: a literal % (as in "5-25%") must be doubled or --help crashes.
+        help_ = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")
         if isinstance(default, bool):
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_)
         else:
@@ -46,6 +47,12 @@ class TrainConfig:
     latent_dim: int = opt(ModelConfig.latent_dim, "DB-VAE latent dimensions D")
     front_end: str = opt("auto", "fixed first stage inside the graph: none | grey | lowpass | grey-lowpass; "
                               "auto: grey-lowpass for the grey, 25-pixel built-in set, none otherwise")
+    decoder: str = opt("deconv", "DB-VAE decoder blocks: deconv (transposed conv, the lab's) | upsample (nearest x2 + "
+                                 "3x3 conv: no gain measured on the built-in faces, 2x the decoder time)")
+    decoder_filters: str = opt("", "DB-VAE decoder channels per up-sampling block, comma separated (4 -> 64 px); "
+                                   "empty: the encoder's filters mirrored")
+    decoder_colour: str = opt("auto", "DB-VAE output: rgb | grey (one channel given out as R = G = B); auto: grey "
+                                      "when the front end is grey, as the encoder then never sees colour")
     dropout: float = opt(0.3, "dropout before the dense head: 80 built-in faces are easy to memorise")
 
     # --- optimisation -----------------------------------------------------------------------
@@ -56,7 +63,12 @@ class TrainConfig:
     lr_schedule: str = opt("cosine", "cosine (decays to 0 by the last epoch, so the exported model is a settled "
                                      "one) | constant")
     weight_decay: float = opt(1e-4, "Adam L2 weight decay")
-    kl_weight: float = opt(5e-4, "c in  c * KL + L1")
+    kl_weight: float = opt(2e-5, "c in  c * KL + L1 (the lab's 5e-4 kept the latent code to about 15 nats on the "
+                                 "built-in faces: every reconstruction near the mean face)")
+    vae_weight: float = opt(30.0, "w in  BCE + w * [face] * (c * KL + L1): the reconstruction's pull on the shared "
+                                  "encoder against the classifier's, which wants features blind to who a face is "
+                                  "(1: the paper's loss)")
+    kl_warmup: float = opt(0.2, "share of all training steps over which c rises linearly from 0 (0: constant c)")
     workers: int = opt(0, "DataLoader worker processes reading images; 0 reads in the training process")
     device: str = opt("auto", "auto | cpu | cuda (under torchrun: the local rank's GPU)")
     dist_timeout: float = opt(1800.0, "seconds a collective may wait under torchrun before the run fails "
@@ -82,11 +94,14 @@ class TrainConfig:
     noise: float = opt(0.03, "standard deviation of additive Gaussian pixel noise")
     recon_target: str = opt("augmented", "what the DB-VAE decoder reconstructs: augmented (the input itself) | "
                                          "clean (the face as framed, without occluders, colour changes and noise)")
+    vae_view: str = opt("light", "what the DB-VAE's reconstruction term sees: batch (the classifier's augmented "
+                                 "batch, as in the paper) | light (a second view of its faces, only flipped and "
+                                 "moved a little, as face crops are framed; the batch keeps the BCE term)")
     misframed: float = opt(0.5, "share of each batch's faces added again as non-faces, off-centre, too small or "
                                 "too large, so only well-framed windows score high when a photo is scanned")
 
     # --- training for the scan (the localiser) ---------------------------------------------
-    mine_rounds: int = opt(1, "hard-negative mining: after training, the scan graphs' false alarms on the built-in "
+    mine_rounds: int = opt(2, "hard-negative mining: after training, the scan graphs' false alarms on the built-in "
                               "face-free scenes join the non-faces and every model trains again, this many times")
 
     # --- outputs ----------------------------------------------------------------------------
@@ -118,8 +133,20 @@ class TrainConfig:
             raise ValueError("--lr-schedule must be cosine or constant")
         if self.recon_target not in ("augmented", "clean"):
             raise ValueError("--recon-target must be augmented or clean")
+        if self.decoder_colour not in ("auto", "rgb", "grey"):
+            raise ValueError("--decoder-colour must be auto, rgb or grey")
+        try:
+            self.model_config()
+        except ValueError as exc:
+            raise ValueError(f"bad model settings: {exc}") from exc
+        if self.vae_view not in ("batch", "light"):
+            raise ValueError("--vae-view must be batch or light")
         if self.mine_rounds < 0:
             raise ValueError("--mine-rounds must be >= 0")
+        if self.vae_weight <= 0:
+            raise ValueError("--vae-weight must be > 0")
+        if not 0 <= self.kl_warmup <= 1:
+            raise ValueError("--kl-warmup must be between 0 and 1 (a share of all training steps)")
         if not 0 <= self.misframed <= 1:
             raise ValueError("--misframed must be between 0 and 1")
         if not 0 < self.threshold < 1:
@@ -137,7 +164,16 @@ class TrainConfig:
 
     def model_config(self) -> ModelConfig:
         """The network `python -m training` trains, as this config describes it."""
-        return ModelConfig(latent_dim=self.latent_dim, dropout=self.dropout, front_end=self.model_front_end)
+        colour = self.decoder_colour
+        if colour == "auto":
+            colour = "grey" if "grey" in self.model_front_end else "rgb"
+        try:
+            filters = tuple(int(c) for c in self.decoder_filters.split(",") if c.strip())
+        except ValueError:
+            raise ValueError(f"--decoder-filters takes comma-separated integers, not {self.decoder_filters!r}") from None
+        return ModelConfig(latent_dim=self.latent_dim, dropout=self.dropout, front_end=self.model_front_end,
+                           decoder=self.decoder, decoder_filters=filters,
+                           decoder_channels=1 if colour == "grey" else 3)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -122,7 +122,8 @@ def export_dbvae(model: DBVAE, out_dir: Path) -> dict:
                            enc_in, list(enc_out), reference=EncoderGraph(model))
     err_dec = export_graph(DecoderGraph(model), torch.randn(2, d), out_dir / files["decoder"], dec_in, list(dec_out))
     err_scan = export_scanner(model, out_dir / files["scanner"])
-    return {"graphs": dict(files), "parity_max_abs_error": max(err_enc, err_dec, err_scan)}
+    return {"graphs": dict(files), "parity_max_abs_error": max(err_enc, err_dec, err_scan),
+            "output_colour": "grey" if model.cfg.decoder_channels == 1 else "rgb"}
 
 
 EXPORTERS = {"cnn": export_cnn, "dbvae": export_dbvae}

@@ -41,6 +41,20 @@ class DeconvBlock(nn.Sequential):
         )
 
 
+class UpBlock(nn.Sequential):
+    """Nearest x2 up-sampling -> 3x3 conv -> batch norm -> ReLU: the alternative to DeconvBlock (--decoder upsample).
+    A stride-2 transposed conv whose kernel does not divide by its stride can paint the checkerboard of Odena et
+    al. (Distill 2016); up-sampling first and then convolving cannot."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True),
+        )
+
+
 class FrontEnd(nn.Module):
     """Optional fixed (weight-free) first stage, exported inside the graph so serving needs no change.
 
@@ -86,13 +100,23 @@ class ModelConfig:
     latent_dim: int = 100  # DB-VAE only
     dropout: float = 0.0  # before the dense head; 0 keeps the architecture of the lab
     front_end: str = "none"  # none | grey | lowpass | grey-lowpass (see FrontEnd)
+    decoder: str = "deconv"  # DB-VAE only: deconv (DeconvBlock, the lab's) | upsample (UpBlock)
+    decoder_filters: tuple[int, ...] = ()  # DB-VAE only, one up-sampling block each: 4 -> 64; () mirrors filters
+    decoder_channels: int = 3  # DB-VAE only: 3 (RGB) | 1 (grey, given out as R = G = B)
 
     def __post_init__(self):
         self.filters, self.kernels = tuple(self.filters), tuple(self.kernels)
+        self.decoder_filters = tuple(self.decoder_filters) or tuple(reversed(self.filters))
         if len(self.filters) != len(self.kernels):
             raise ValueError("filters and kernels must have the same length")
         if self.front_end not in ("none", "grey", "lowpass", "grey-lowpass"):
             raise ValueError(f"front_end must be none, grey, lowpass or grey-lowpass, not {self.front_end!r}")
+        if self.decoder not in ("upsample", "deconv"):
+            raise ValueError(f"decoder must be upsample or deconv, not {self.decoder!r}")
+        if len(self.decoder_filters) != len(self.filters):
+            raise ValueError("decoder_filters needs one entry per encoder block (the same 2^n up-sampling)")
+        if self.decoder_channels not in (1, 3):
+            raise ValueError(f"decoder_channels must be 1 (grey) or 3 (RGB), not {self.decoder_channels}")
         if self.image_size % (2 ** len(self.filters)):
             raise ValueError(f"image_size {self.image_size} is not divisible by 2^{len(self.filters)}")
 
@@ -146,15 +170,20 @@ class DBVAE(nn.Module):
         self.cfg = cfg = cfg or ModelConfig()
         d = cfg.latent_dim
         self.encoder = make_encoder(cfg, 1 + 2 * d)
-        c_top, s = cfg.filters[-1], cfg.feature_size
-        self.decoder_in = nn.Sequential(nn.Linear(d, c_top * s * s), nn.ReLU(inplace=True))
+        chans = list(cfg.decoder_filters)  # e.g. 72, 48, 24, 12: the encoder's, mirrored
+        s = cfg.feature_size
+        self.decoder_in = nn.Sequential(nn.Linear(d, chans[0] * s * s), nn.ReLU(inplace=True))
         ups = []
-        chans = list(reversed(cfg.filters))  # 72, 48, 24, 12
-        kernels = list(reversed(cfg.kernels))
-        for c_in, c_out, k in zip(chans, chans[1:], kernels):
-            ups.append(DeconvBlock(c_in, c_out, k))
-        ups.append(nn.ConvTranspose2d(chans[-1], 3, kernels[-1], stride=2,
-                                      padding=kernels[-1] // 2, output_padding=1))
+        if cfg.decoder == "upsample":
+            for c_in, c_out in zip(chans, chans[1:]):
+                ups.append(UpBlock(c_in, c_out))
+            ups += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(chans[-1], cfg.decoder_channels, 3, padding=1)]
+        else:
+            kernels = list(reversed(cfg.kernels))
+            for c_in, c_out, k in zip(chans, chans[1:], kernels):
+                ups.append(DeconvBlock(c_in, c_out, k))
+            ups.append(nn.ConvTranspose2d(chans[-1], cfg.decoder_channels, kernels[-1], stride=2,
+                                          padding=kernels[-1] // 2, output_padding=1))
         self.decoder_conv = nn.Sequential(*ups)
 
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -171,9 +200,10 @@ class DBVAE(nn.Module):
         return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        c, s = self.cfg.filters[-1], self.cfg.feature_size
+        c, s = self.cfg.decoder_filters[0], self.cfg.feature_size
         h = self.decoder_in(z).view(-1, c, s, s)  # [N, 72, 4, 4]
-        return torch.sigmoid(self.decoder_conv(h))  # [N, 3, 64, 64] in [0, 1]
+        out = torch.sigmoid(self.decoder_conv(h))  # [N, C, 64, 64] in [0, 1], C = decoder_channels
+        return out.expand(-1, 3, -1, -1)  # [N, 3, 64, 64]: a grey decoder's one channel as R = G = B
 
     def forward(self, image: torch.Tensor):
         logit, mu, logvar = self.encode(image)
@@ -226,25 +256,34 @@ def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return (x - x_hat).abs().flatten(1).mean(dim=1)
 
 
-def dbvae_loss(x, y, logit, mu, logvar, x_hat, *, kl_weight: float) -> dict[str, torch.Tensor]:
+def dbvae_loss(x, y, logit, mu, logvar, x_hat, *, kl_weight: float, vae_only: int = 0,
+               vae_weight: float = 1.0) -> dict[str, torch.Tensor]:
     """DB-VAE loss (Amini et al. 2019, eq. 4): mean over the batch of
-    BCE(z0, y) + 1[y = face] * (c * KL + L1). y is [N] in {0, 1}; a [N, 1] label is flattened so it
-    cannot broadcast against the per-sample [N] terms and silently break the face-only mask."""
+    BCE(z0, y) + w * 1[y = face] * (c * KL + L1), w = vae_weight (1 in the paper). y is [N] in {0, 1}; a [N, 1] label is flattened so it
+    cannot broadcast against the per-sample [N] terms and silently break the face-only mask.
+
+    vae_only: the last rows are a second view of the batch's faces for the VAE term alone. Then the first
+    N - vae_only rows carry the BCE term only, those rows the VAE term only, and the mean is over the first
+    N - vae_only rows: the same sum as eq. 4, with each face's VAE term taken on its second view."""
     y = y.reshape(-1).to(logit.dtype)  # [N]
     if y.shape != logit.shape:
         raise ValueError(f"labels {tuple(y.shape)} do not match logits {tuple(logit.shape)}")
-    bce = F.binary_cross_entropy_with_logits(logit, y, reduction="none")  # [N]
+    n = len(y) - vae_only  # the classifier's rows
+    if vae_only and not bool((y[n:] == 1).all()):
+        raise ValueError("the vae_only rows must all be faces")
+    bce = F.binary_cross_entropy_with_logits(logit[:n], y[:n], reduction="none")  # [n]
     kl = kl_loss(mu, logvar)  # [N]
     recon = reconstruction_loss(x, x_hat)  # [N]
-    vae = kl_weight * kl + recon  # [N]
-    total = (bce + y * vae).mean()
-    faces = y.sum().clamp(min=1.0)
+    vae = vae_weight * (kl_weight * kl + recon)  # [N]
+    vae_rows = torch.cat([y[:n] * (vae_only == 0), y[n:]])  # [N]: which rows carry the VAE term
+    per_sample = F.pad(bce, (0, vae_only)) + vae_rows * vae  # [N]
+    faces = vae_rows.sum().clamp(min=1.0)
     return {
-        "loss": total,
+        "loss": per_sample.sum() / max(n, 1),
         "bce": bce.mean(),
-        "kl": (y * kl).sum() / faces,  # reported over faces only, as trained
-        "recon": (y * recon).sum() / faces,
-        "per_sample": bce + y * vae,
+        "kl": (vae_rows * kl).sum() / faces,  # reported over the rows it is trained on
+        "recon": (vae_rows * recon).sum() / faces,
+        "per_sample": per_sample,
     }
 
 

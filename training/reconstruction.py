@@ -5,10 +5,11 @@ Per held-out face: PSNR and SSIM (scikit-image) of decode(mu) against the face i
 reconstruction closer to its own face than to every other held-out face (top-1), or among the 5 closest
 (top-5)? "Closer" is the Pearson correlation of the two pictures in grey, 64x64, so a reconstruction that is
 the same mean face for everyone scores at chance (1 / N). Morph end frames: for pairs of held-out faces
-(a, b), frame 0 of the morph must be identified as a and the last frame as b. Every figure comes with the
-same figure for a mean-face baseline (the mean of the evaluated faces as every reconstruction). At most
-MAX_FACES faces are scored (the first of the split), so a CelebA-size split costs seconds, not a 40k x 40k
-correlation matrix.
+(a, b), frame 0 of the morph must be identified as a and the last frame as b, and the morph decoded over
+MORPH_STEPS frames must come nearer to b frame by frame (RMS pixel distance, as /v1/morph reports it). Every
+figure comes with the same figure for a mean-face baseline (the mean of the evaluated faces as every
+reconstruction). At most MAX_FACES faces are scored (the first of the split), so a CelebA-size split costs
+seconds, not a 40k x 40k correlation matrix.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from skimage.metrics import structural_similarity
 
 LUMA = np.array([0.299, 0.587, 0.114])
 MAX_FACES = 1000
+MAX_MORPHS = 200  # pairs whose whole morph is decoded
+MORPH_STEPS = 8  # frames per morph, both ends included: /v1/morph's default
 
 
 def psnr(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -51,9 +54,25 @@ def rank_of_own(corr: np.ndarray, own: np.ndarray) -> np.ndarray:
     return (corr >= mine[:, None]).sum(1)
 
 
-def summary(faces: np.ndarray, recon: np.ndarray) -> dict:
+def morph_latents(mu: np.ndarray) -> np.ndarray:
+    """Latent means [N, D] -> the morphs of the pairs (i, i + 1) scored by `summary`, [P, MORPH_STEPS, D] with
+    P = min(N, MAX_MORPHS): (1 - t) mu_a + t mu_b for t from 0 to 1, as /v1/morph interpolates."""
+    n = min(len(mu), MAX_MORPHS) if len(mu) > 1 else 0
+    a, b = mu[:n].astype(np.float64), mu[(np.arange(n) + 1) % len(mu)].astype(np.float64)
+    t = np.linspace(0.0, 1.0, MORPH_STEPS)[None, :, None]  # [1, steps, 1]
+    return ((1.0 - t) * a[:, None] + t * b[:, None]).astype(np.float32)
+
+
+def nearing_b(frames: np.ndarray) -> np.ndarray:
+    """Morphs [P, steps, ...] -> [P] bool: the RMS distance of frame k to the last frame falls strictly with k."""
+    flat = frames.reshape(frames.shape[0], frames.shape[1], -1).astype(np.float64)
+    to_b = np.sqrt(((flat - flat[:, -1:]) ** 2).mean(2))  # [P, steps]
+    return np.all(np.diff(to_b, axis=1) < 0, axis=1)
+
+
+def summary(faces: np.ndarray, recon: np.ndarray, morphs: np.ndarray | None = None) -> dict:
     """faces and their reconstructions decode(mu), [N, H, W, 3] in [0, 1] -> the figures above, with the mean
-    face scored the same way beside them (mean_face_*)."""
+    face scored the same way beside them (mean_face_*). morphs: the decoded morph_latents, [P, steps, H, W, 3]."""
     n = len(faces)
     corr = correlations(recon, faces)
     ranks = rank_of_own(corr, np.arange(n))
@@ -66,6 +85,9 @@ def summary(faces: np.ndarray, recon: np.ndarray) -> dict:
            "correlation_others": float((corr.sum() - np.trace(corr)) / max(n * (n - 1), 1)),
            "identified_top1": float(np.mean(ranks <= 1)), "identified_top5": float(np.mean(ranks <= 5)),
            "morph_ends_identified": float(np.mean(ends)) if n > 1 else float("nan"), "chance_top1": 1.0 / max(n, 1)}
+    if morphs is not None and len(morphs):
+        out["morphs"] = int(len(morphs))
+        out["morph_nearing_b"] = float(np.mean(nearing_b(morphs)))
     flat = np.broadcast_to(faces.astype(np.float64).mean(0), faces.shape)
     out["mean_face_psnr_db"] = float(np.mean(psnr(faces, flat)))
     out["mean_face_ssim"] = float(np.mean(ssim(faces, flat)))

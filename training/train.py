@@ -13,6 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,14 +21,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from training.augment import appearance, geometry, misframe
+from training.augment import appearance, geometry, light_view, misframe
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data.h5 import H5Source
 from training.distributed import Dist
 from training.metrics import binary_metrics
 from training.model import DBVAE, build_model, cnn_loss, dbvae_loss
-from training.reconstruction import MAX_FACES, summary
+from training.reconstruction import MAX_FACES, morph_latents, summary
 from training.resampling import distribution_stats, sampling_probabilities
 
 log = logging.getLogger(__name__)
@@ -104,15 +105,25 @@ def epoch_batches(rng: np.random.Generator, faces: np.ndarray, non_faces: np.nda
 # One step
 
 
-def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
-                  gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> (images, labels, reconstruction targets): the batch augmented, plus --misframed of its faces added again
-    as non-faces, seen
-    off-centre, too small or too large (augment.misframe), so that only a well-framed window scores as a face
-    when the localiser scans a photo. The batch's own non-faces are the real scenes that zoomed-out faces and
-    occluders are cut from."""
+class Batch(NamedTuple):
+    """One step's input: images x [B, 3, H, W], labels y [B] and the DB-VAE's reconstruction targets [B, 3, H, W].
+    The last `vae_only` rows are a second view of the faces for the DB-VAE's reconstruction term alone."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    target: torch.Tensor
+    vae_only: int = 0
+
+
+def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator,
+                  vae_view: bool = False) -> Batch:
+    """The batch augmented, plus --misframed of its faces added again as non-faces, seen off-centre, too small or
+    too large (augment.misframe), so that only a well-framed window scores as a face when the localiser scans a
+    photo. The batch's own non-faces are the real scenes that zoomed-out faces and occluders are cut from.
+    vae_view (the DB-VAE with --vae-view light): the batch's faces are appended once more in augment.light_view,
+    each its own reconstruction target."""
     if not cfg.augment:
-        return x, y, x
+        return Batch(x, y, x)
     backgrounds = x[y == 0]
     faces = x[y == 1]
     extra = faces[: round(cfg.misframed * len(faces))]
@@ -122,17 +133,24 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
     framed = geometry(x, cfg, gen, backgrounds)
     x = appearance(framed, cfg, gen, backgrounds)
     # --recon-target clean: the decoder is asked for the face as framed, not for the occluders and noise on it.
-    return x, y, (framed if cfg.recon_target == "clean" else x)
+    target = framed if cfg.recon_target == "clean" else x
+    if not (vae_view and cfg.vae_view == "light" and len(faces)):
+        return Batch(x, y, target)
+    view = light_view(faces, cfg, gen, backgrounds)
+    return Batch(torch.cat([x, view]), torch.cat([y, y.new_ones(len(view))]), torch.cat([target, view]), len(view))
 
 
-def train_step(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-               target: torch.Tensor, cfg: TrainConfig) -> dict[str, torch.Tensor]:
-    """Forward, loss, backward, optimiser step on one augmented batch x [B, 3, H, W], labels y [B]; the DB-VAE
-    reconstructs `target` [B, 3, H, W]."""
+def train_step(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, batch: Batch, cfg: TrainConfig,
+               done: float = 1.0) -> dict[str, torch.Tensor]:
+    """Forward, loss, backward, optimiser step on one augmented batch; the DB-VAE reconstructs batch.target.
+    `done`: the share of all training steps behind us (the KL warm-up). One forward pass over all rows, the
+    second view's included, so DistributedDataParallel sees one forward per backward."""
     if kind == "dbvae":
-        losses = dbvae_loss(target, y, *model(x), kl_weight=cfg.kl_weight)
+        losses = dbvae_loss(batch.target, batch.y, *model(batch.x), kl_weight=kl_weight(cfg, done),
+                            vae_only=batch.vae_only, vae_weight=cfg.vae_weight)
     else:
-        losses = cnn_loss(y, model(x))
+        n = len(batch.y) - batch.vae_only
+        losses = cnn_loss(batch.y[:n], model(batch.x[:n]))
     opt.zero_grad(set_to_none=True)
     losses["loss"].backward()
     opt.step()
@@ -142,6 +160,13 @@ def train_step(kind: str, model: torch.nn.Module, opt: torch.optim.Optimizer, x:
 def learning_rate(cfg: TrainConfig, done: float) -> float:
     """The learning rate after `done` (0..1) of all training steps."""
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * done)) if cfg.lr_schedule == "cosine" else cfg.lr
+
+
+def kl_weight(cfg: TrainConfig, done: float) -> float:
+    """c after `done` (0..1) of all training steps: 0 rising linearly to --kl-weight over the first --kl-warmup of
+    them (Bowman et al. 2016, sec. 3.1), so the decoder learns to use the latent code before the KL term's pull
+    towards the prior can collapse it to one mean face."""
+    return cfg.kl_weight * (min(1.0, done / cfg.kl_warmup) if cfg.kl_warmup > 0 else 1.0)
 
 
 def new_model(kind: str, cfg: TrainConfig, device: torch.device) -> torch.nn.Module:
@@ -198,10 +223,12 @@ def train_epoch(run: Run, epoch: int, p: np.ndarray) -> dict[str, float]:
     bar = tqdm(batches_of(run.source, batches, cfg.workers), total=run.steps,
                desc=f"{run.kind} {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and world.is_main), leave=False)
     for step, (images, y) in enumerate(bar):
+        done = (epoch * run.steps + step) / (cfg.epochs * run.steps)
         for group in run.opt.param_groups:
-            group["lr"] = learning_rate(cfg, (epoch * run.steps + step) / (cfg.epochs * run.steps))
+            group["lr"] = learning_rate(cfg, done)
         x, y = as_input(images, run.device), y.to(run.device)
-        losses = train_step(run.kind, run.model, run.opt, *augment_batch(x, y, cfg, run.gen), cfg)
+        batch = augment_batch(x, y, cfg, run.gen, vae_view=run.kind == "dbvae")
+        losses = train_step(run.kind, run.model, run.opt, batch, cfg, done)
         for k in ("loss", "bce", "kl", "recon"):
             if k in losses:
                 sums[k] = sums.get(k, 0.0) + losses[k].item()
@@ -281,14 +308,17 @@ def reconstruction_figures(run: Run, val_idx: np.ndarray) -> dict:
         return {"faces": 0}
     was_training = run.net.training
     run.net.eval()
-    faces, recon = [], []
+    faces, recon, mus = [], [], []
     for i in range(0, len(faces_idx), run.cfg.resample_batch):
         images = torch.from_numpy(run.source.read(faces_idx[i:i + run.cfg.resample_batch]))
-        x = as_input(images, run.device)
-        recon.append(run.net.decode(run.net.encode(x)[1]).permute(0, 2, 3, 1).cpu().numpy())  # [B, H, W, 3]
+        mu = run.net.encode(as_input(images, run.device))[1]  # [B, D]
+        recon.append(run.net.decode(mu).permute(0, 2, 3, 1).cpu().numpy())  # [B, H, W, 3]
+        mus.append(mu.cpu().numpy())
         faces.append(images.numpy().astype(np.float32) / 255.0)
+    z = torch.from_numpy(morph_latents(np.concatenate(mus))).to(run.device)  # [P, steps, D]
+    morphs = run.net.decode(z.flatten(0, 1)).permute(0, 2, 3, 1).cpu().numpy()  # [P * steps, H, W, 3]
     run.net.train(was_training)
-    return summary(np.concatenate(faces), np.concatenate(recon))
+    return summary(np.concatenate(faces), np.concatenate(recon), morphs.reshape(*z.shape[:2], *morphs.shape[1:]))
 
 
 def validate(run: Run, val_idx: np.ndarray, record: dict) -> dict:

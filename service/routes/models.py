@@ -28,6 +28,7 @@ async def list_models(pipeline: PipelineDep) -> ModelsResponse:
         models.append(ModelInfo(
             name=name, version=entry.version, threshold=runtime.threshold(name),
             default=name == settings.default_model, metrics=entry.metrics, fairness=entry.fairness,
+            output_colour=entry.output_colour if "decoder" in graphs else None,
             graphs={role: GraphInfo(file=g.file, inputs=_args(g.session.get_inputs()),
                                     outputs=_args(g.session.get_outputs()), providers=g.providers,
                                     warmed_batch_sizes=g.warmed_batch_sizes) for role, g in graphs.items()},
