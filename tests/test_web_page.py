@@ -155,13 +155,20 @@ def test_upload_draws_a_box_on_every_face_found_and_the_slider_refilters(page, s
     models = httpx.get(f"{server.url}/v1/models").json()
     assert page.input_value("#threshold") == str(models["localiser"]["threshold"])  # starts at the service's
     upload(page, photo)
-    assert assert_drawn_as_detected(page, server, photo, 0.9) == len(FACES)
+    found = assert_drawn_as_detected(page, server, photo, 0.9)
+    # Both pasted faces are drawn. The page asks min_neighbours=1 (single windows too, so the slider can refilter
+    # exactly), and there the DB-VAE f8e65429 also keeps one window of china.jpg at 0.93: at most one extra box.
+    for model in ("dbvae", "cnn"):
+        boxes = drawn(page, model)
+        assert all(any(iou(b, {"x": x, "y": y, "width": SIDE, "height": SIDE}) >= 0.5 for b in boxes)
+                   for _, (x, y) in FACES), (model, boxes)
+    assert len(FACES) <= found <= len(FACES) + 1
     asked = sum("/v1/detect" in u for u in page.requests)
     assert asked == 2  # once per model
 
     page.fill("#threshold", "0.5")
     assert page.text_content("#threshold-value") == "0.50"
-    assert assert_drawn_as_detected(page, server, photo, 0.5) > len(FACES)
+    assert assert_drawn_as_detected(page, server, photo, 0.5) > found
     assert sum("/v1/detect" in u for u in page.requests) == asked, "the slider must not upload again"
 
     page.check('input[name="view"][value="cnn"]')
