@@ -23,7 +23,7 @@ from training.data.image import IMAGE_SIZE, to_model_input
 from training.environment import environment
 from training.evaluation import open_photo, read_boxes
 from training.manifest import load_manifest
-from training.reconstruction import morph_latents, summary
+from training.reconstruction import decoded_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURES = ("psnr_db", "ssim", "correlation_own", "correlation_others", "identified_top1", "identified_top5",
@@ -50,14 +50,11 @@ def scored(models_dir: Path, entry: dict, faces: np.ndarray) -> dict:
     enc = ort.InferenceSession(str(models_dir / entry["graphs"]["encoder"]), providers=opts)
     dec = ort.InferenceSession(str(models_dir / entry["graphs"]["decoder"]), providers=opts)
     mu = enc.run(["mu"], {"image": to_model_input(faces)})[0]
-    decode = lambda z: np.clip(dec.run(["image"], {"z": z})[0], 0, 1).transpose(0, 2, 3, 1)  # noqa: E731
-    z = morph_latents(mu)  # [P, steps, D]
-    morphs = decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:2], *faces.shape[1:])
     target = faces.astype(np.float32) / 255.0
     if entry.get("output_colour") == "grey":
         grey = np.asarray([np.asarray(Image.fromarray(f).convert("L")) for f in faces], np.float32) / 255.0
         target = np.repeat(grey[..., None], 3, axis=-1)
-    return summary(target, decode(mu), morphs)
+    return decoded_summary(target, mu, lambda z: np.clip(dec.run(["image"], {"z": z})[0], 0, 1).transpose(0, 2, 3, 1))
 
 
 def main(argv=None) -> int:

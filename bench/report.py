@@ -43,7 +43,7 @@ from training.evaluation import evaluate_models  # noqa: E402
 from training.fairness import CardInputs  # noqa: E402
 from training.manifest import load_manifest  # noqa: E402
 from training.metrics import binary_metrics, sigmoid  # noqa: E402
-from training.reconstruction import morph_latents, summary  # noqa: E402
+from training.reconstruction import decoded_summary  # noqa: E402
 from training.reporting import fairness_chart  # noqa: E402
 from training.resampling import sampling_probabilities  # noqa: E402
 
@@ -160,9 +160,7 @@ def reconstructions(enc, dec, faces: np.ndarray, out: Path, footer: str) -> Path
     decode = lambda z: np.clip(dec.run(["image"], {"z": z})[0], 0, 1).transpose(0, 2, 3, 1)  # noqa: E731
     recon = decode(mu)  # decode the mean: no sampling noise
     pairs = [im for pair in zip(faces.astype(np.float32) / 255.0, recon) for im in pair]
-    z = morph_latents(mu)  # [P, steps, D]
-    morphs = decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:2], *recon.shape[1:]) if len(z) else None
-    r = summary(faces.astype(np.float32) / 255.0, recon, morphs)
+    r = decoded_summary(faces.astype(np.float32) / 255.0, mu, decode)
     nearing = f", morphs nearer to B frame by frame {r['morph_nearing_b']:.0%}" if "morph_nearing_b" in r else ""
     fig, ax = plt.subplots(figsize=(9, 9 * int(np.ceil(len(pairs) / 8)) / 8 + 1.6))
     image_grid(ax, np.stack(pairs), 8)

@@ -60,7 +60,7 @@ def onnx_mu(models_dir: Path, entry: dict, source: H5Source, indices: np.ndarray
 
 def onnx_reconstruction(models_dir: Path, entry: dict, source: H5Source, indices: np.ndarray) -> dict:
     """The exported DB-VAE's decode(mu) of the evaluated faces (at most reconstruction.MAX_FACES), scored."""
-    from training.reconstruction import MAX_FACES, morph_latents, summary
+    from training.reconstruction import MAX_FACES, decoded_summary
 
     faces_idx = indices[source.labels[indices] == 1][:MAX_FACES]
     if not len(faces_idx):
@@ -68,10 +68,7 @@ def onnx_reconstruction(models_dir: Path, entry: dict, source: H5Source, indices
     dec = ort.InferenceSession(str(models_dir / entry["graphs"]["decoder"]), providers=["CPUExecutionProvider"])
     mu = onnx_mu(models_dir, entry, source, faces_idx)
     decode = lambda z: np.clip(dec.run(["image"], {GRAPH_IO["decoder"][0]: z})[0], 0, 1).transpose(0, 2, 3, 1)  # noqa: E731
-    faces = source.read(faces_idx).astype(np.float32) / 255.0  # [N, H, W, 3]
-    z = morph_latents(mu)  # [P, steps, D]
-    morphs = decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:2], *faces.shape[1:]) if len(z) else None
-    return summary(faces, decode(mu), morphs)
+    return decoded_summary(source.read(faces_idx).astype(np.float32) / 255.0, mu, decode)
 
 
 def fairness_cards(models_dir: Path, models: dict, source: H5Source, indices: np.ndarray, probs: dict,

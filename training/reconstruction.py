@@ -70,6 +70,14 @@ def nearing_b(frames: np.ndarray) -> np.ndarray:
     return np.all(np.diff(to_b, axis=1) < 0, axis=1)
 
 
+def decoded_summary(faces: np.ndarray, mu: np.ndarray, decode) -> dict:
+    """`summary` of faces [N, H, W, 3] in [0, 1] from their latent means mu [N, D], with `decode` (latents [M, D] ->
+    images [M, H, W, 3] in [0, 1]) run on mu and on the morph_latents: one home for every evaluation's decoding."""
+    z = morph_latents(mu)  # [P, steps, D]
+    morphs = decode(z.reshape(-1, z.shape[-1])).reshape(*z.shape[:2], *faces.shape[1:]) if len(z) else None
+    return summary(faces, decode(mu), morphs)
+
+
 def summary(faces: np.ndarray, recon: np.ndarray, morphs: np.ndarray | None = None) -> dict:
     """faces and their reconstructions decode(mu), [N, H, W, 3] in [0, 1] -> the figures above, with the mean
     face scored the same way beside them (mean_face_*). morphs: the decoded morph_latents, [P, steps, H, W, 3]."""

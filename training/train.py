@@ -28,7 +28,7 @@ from training.data.h5 import H5Source
 from training.distributed import Dist
 from training.metrics import binary_metrics
 from training.model import DBVAE, build_model, cnn_loss, dbvae_loss
-from training.reconstruction import MAX_FACES, morph_latents, summary
+from training.reconstruction import MAX_FACES, decoded_summary
 from training.resampling import distribution_stats, sampling_probabilities
 
 log = logging.getLogger(__name__)
@@ -308,17 +308,15 @@ def reconstruction_figures(run: Run, val_idx: np.ndarray) -> dict:
         return {"faces": 0}
     was_training = run.net.training
     run.net.eval()
-    faces, recon, mus = [], [], []
+    faces, mus = [], []
     for i in range(0, len(faces_idx), run.cfg.resample_batch):
         images = torch.from_numpy(run.source.read(faces_idx[i:i + run.cfg.resample_batch]))
-        mu = run.net.encode(as_input(images, run.device))[1]  # [B, D]
-        recon.append(run.net.decode(mu).permute(0, 2, 3, 1).cpu().numpy())  # [B, H, W, 3]
-        mus.append(mu.cpu().numpy())
+        mus.append(run.net.encode(as_input(images, run.device))[1].cpu().numpy())  # [B, D]
         faces.append(images.numpy().astype(np.float32) / 255.0)
-    z = torch.from_numpy(morph_latents(np.concatenate(mus))).to(run.device)  # [P, steps, D]
-    morphs = run.net.decode(z.flatten(0, 1)).permute(0, 2, 3, 1).cpu().numpy()  # [P * steps, H, W, 3]
+    decode = lambda z: run.net.decode(torch.from_numpy(z).to(run.device)).permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
+    figures = decoded_summary(np.concatenate(faces), np.concatenate(mus), decode)  # [N, H, W, 3] from [M, D]
     run.net.train(was_training)
-    return summary(np.concatenate(faces), np.concatenate(recon), morphs.reshape(*z.shape[:2], *morphs.shape[1:]))
+    return figures
 
 
 def validate(run: Run, val_idx: np.ndarray, record: dict) -> dict:
