@@ -50,7 +50,7 @@ class Haar:
         return np.c_[np.asarray(boxes, dtype=np.float64), np.asarray(neighbours, dtype=np.float64)]
 
 
-def sweep(model: dict, thresholds: tuple[float, ...] = (0.99, 0.999, 0.9999)) -> list[dict]:
+def sweep(model: dict, thresholds: tuple[float, ...] = (0.998, 0.999, 0.9999)) -> list[dict]:
     """Precision and recall if only the faces found with at least each of these scores were kept (read off the
     same run; shown to describe the trade-off, not used to pick the default)."""
     scores = np.concatenate([np.array(p["found"], dtype=np.float64).reshape(-1, 5)[:, 4] for p in model["photos"].values()])

@@ -261,29 +261,38 @@ def localise(d: dict) -> list[str]:
     ours = [r for r in d["rows"] if r["detector"].startswith("ours")]
     haar = next((r for r in d["rows"] if "haar" in r["detector"]), None)
     data, cfg = d["data"], d["localiser"]
-    best = max(ours, key=lambda r: r["average_precision"]) if ours else None
     out = ["### Finding faces in photos (`python -m bench.localise`)", "",
            f"{data['photos']} real photos with {data['faces']} faces boxed by eye (+{data['difficult']} 'difficult', "
            f"not counted) and {data['face_free_photos']} face-free photos, all from registry packages "
-           f"(`{data['sources']}`); IoU ≥ 0.5. Ours: threshold {cfg['threshold']}, smallest face "
-           f"{cfg['min_face_size']} px, pyramid step {cfg['scale_step']:.3f}, stride {cfg['stride']} px, NMS IoU "
-           f"{cfg['nms_iou']}.", "",
+           f"(`{data['sources']}`); IoU ≥ 0.5. Ours: smallest face {cfg['min_face_size']} px, pyramid step "
+           f"{cfg['scale_step']:.3f}, stride {cfg['stride']} px, NMS IoU {cfg['nms_iou']}; candidates from scan "
+           f"threshold {cfg.get('scan_threshold', cfg['threshold'])} with {cfg['min_neighbours']} windows agreeing, "
+           f"refined over {len(cfg.get('refine_shifts', [0])) ** 2 * len(cfg.get('refine_scales', [1]))} crops "
+           f"each, a face from crop probability {cfg['threshold']}.", "",
            *_table(["detector", "precision", "recall", "AP", "false alarms / photo", "false alarms on face-free",
                     *[f"photos/s at {s}" for s in d["settings"]["speed_sizes"]]], rows), ""]
     for r in ours:
         out.append(f"{r['detector']}, keeping only faces scored at least " + ", ".join(
             f"{s['threshold']}: precision {s['precision']:.2f}, recall {s['recall']:.2f}" for s in r["sweep"])
-            + " (read off the same run to show the trade-off; the default threshold was not chosen on these photos).")
+            + " (read off the same run to show the trade-off)."
+            + (" The scan and face thresholds were chosen on these photos, so these figures flatter them; the "
+               "photos outside the repo that the service is also scored on are the fair test."
+               if "scan_threshold" in cfg else ""))
     if ours:
         out.append("")
-    if best:
-        fast = best["speed_1920x1280"]["photos_per_s"]
-        verdict = [f"precision ≥ 0.90 and recall ≥ 0.90: {best['detector']} {best['precision']:.2f} / "
-                   f"{best['recall']:.2f} — {'met' if best['precision'] >= 0.9 and best['recall'] >= 0.9 else 'MISSED'}",
-                   f"≥ 20 photos/s at 1920x1280: {fast:.2f} — {'met' if fast >= 20 else 'MISSED'}"]
+    if ours:
+        def met(ok: bool) -> str:
+            return "met" if ok else "MISSED"
+
+        verdict = ["precision ≥ 0.90 and recall ≥ 0.90: " + ", ".join(
+            f"{r['detector']} {r['precision']:.2f} / {r['recall']:.2f} — "
+            f"{met(r['precision'] >= 0.9 and r['recall'] >= 0.9)}" for r in ours), "≥ 20 photos/s at 1920x1280: " + ", ".join(
+            f"{r['detector']} {r['speed_1920x1280']['photos_per_s']:.2f} — "
+            f"{met(r['speed_1920x1280']['photos_per_s'] >= 20)}" for r in ours)]
         if haar:
-            beats = best["precision"] > haar["precision"] and best["recall"] > haar["recall"]
-            verdict.append(f"beat the Haar cascade on both: {'met' if beats else 'MISSED'}")
+            verdict.append("beat the Haar cascade on both: " + ", ".join(
+                f"{r['detector']} {met(r['precision'] > haar['precision'] and r['recall'] > haar['recall'])}"
+                for r in ours))
         out += ["Goals: " + "; ".join(verdict) + ".", ""]
     if d.get("example"):
         out += [f"![faces found by the DB-VAE's localiser]({d['example']})", "",

@@ -1,8 +1,11 @@
 """Find every face in a photo with a model's scan graph: an image pyramid, one ONNX Runtime run per level,
-then non-maximum suppression with each kept box averaged (by score) with the boxes it suppressed.
+then non-maximum suppression with each kept box averaged (by score) with the boxes it suppressed. Those merged
+boxes are candidates: each is refined and verified by cutting its square out at a small grid of shifts and
+sizes and scoring the 64x64 crops with the same graph (on one window it is the crop classifier); the best crop
+is the face, its probability the face's score, and overlaps among those are suppressed.
 
 A re-implementation of training/localiser.py's `Localiser.locate` (the two halves share no code;
-tests/test_localiser.py checks that both find the same boxes). Parameters come from the manifest's
+tests/test_localiser_refine.py checks that both find the same boxes). Parameters come from the manifest's
 "localiser" entry; the request may change the threshold, the smallest face and the number of faces.
 
 Unlike training's copy, a large level is scanned in horizontal bands, each with BAND_CONTEXT rows of the level
@@ -28,6 +31,9 @@ SCAN_BAND_PIXELS = 1024 * 1024
 # convolutions reach: 85 px for the 64 px window (kernels 5, 5, 3, 3 at strides 2, 4, 8, 16, then the 4x4 head),
 # so 11 px past each edge; 32 (two strides, so the band stays on the stride grid) leaves a margin.
 BAND_CONTEXT = 32
+# Refining crops scored per ONNX Runtime run: 64 windows of 64x64 hold ~26 MB of activations (~100 bytes a pixel),
+# a quarter of one scan band, whatever the number of candidates.
+REFINE_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,49 @@ def merge(boxes: np.ndarray, nms_iou: float, max_faces: int, min_neighbours: int
     return np.array(kept).reshape(-1, 5)
 
 
+def suppress(boxes: np.ndarray, nms_iou: float) -> np.ndarray:
+    """Plain NMS, best first: a box overlapping a kept one by more than nms_iou is dropped; kept boxes stay."""
+    order = boxes[np.argsort(-boxes[:, 4], kind="stable")]
+    kept = []
+    while len(order):
+        kept.append(order[0])
+        order = order[1:][iou(order[0], order[1:]) <= nms_iou]
+    return np.array(kept).reshape(-1, 5)
+
+
+def refine_squares(boxes: np.ndarray, cfg: Localiser, width: int, height: int) -> np.ndarray:
+    """Candidates [K, >=4] -> their refining squares [K, G, 3] (left, top, side), the unmoved one first: each
+    candidate's square (its larger side, same centre) moved by every shift along x and y and resized by every
+    scale, then moved (not shrunk) to lie inside the photo."""
+    grid = np.array([(dx, dy, ds) for ds in cfg.refine_scales for dy in cfg.refine_shifts
+                     for dx in cfg.refine_shifts], dtype=np.float64)  # [G, 3]
+    side0 = np.maximum(boxes[:, 2], boxes[:, 3])[:, None]  # [K, 1]
+    cx = boxes[:, 0:1] + boxes[:, 2:3] / 2 + grid[:, 0] * side0  # [K, G]
+    cy = boxes[:, 1:2] + boxes[:, 3:4] / 2 + grid[:, 1] * side0
+    side = np.minimum(side0 * grid[:, 2], min(width, height))
+    left = np.clip(cx - side / 2, 0, width - side)
+    top = np.clip(cy - side / 2, 0, height - side)
+    return np.stack([left, top, side], axis=-1)
+
+
+def refine(runtime: Runtime, model: str, image: Image.Image, boxes: np.ndarray, cfg: Localiser) -> np.ndarray:
+    """Candidates [K, 5] -> [K, 5]: each the best of its refining squares, scored as 64x64 crops by the scan
+    graph (REFINE_BATCH a run), with that crop's probability; a tie keeps the unmoved square."""
+    if not len(boxes):
+        return np.zeros((0, 5))
+    squares = refine_squares(boxes, cfg, image.width, image.height)  # [K, G, 3]
+    flat, probs = squares.reshape(-1, 3), []
+    for start in range(0, len(flat), REFINE_BATCH):
+        crops = [np.asarray(image.resize((cfg.window, cfg.window), Image.Resampling.BILINEAR, box=(l, t, l + s, t + s)))
+                 for l, t, s in flat[start:start + REFINE_BATCH]]
+        batch = np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        probs.append(sigmoid(runtime.scan_windows(model, batch)))
+    probs = np.concatenate(probs).reshape(squares.shape[:2])  # [K, G]
+    pick = probs.argmax(axis=1)
+    best = squares[np.arange(len(boxes)), pick]  # [K, 3]
+    return np.c_[best[:, 0], best[:, 1], best[:, 2], best[:, 2], probs[np.arange(len(boxes)), pick]]
+
+
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
     out = boxes.copy()
     x0, y0 = np.clip(np.rint(boxes[:, 0]), 0, width - 1), np.clip(np.rint(boxes[:, 1]), 0, height - 1)
@@ -132,19 +181,22 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 def locate(runtime: Runtime, model: str, image: Image.Image, threshold: float, min_face: int,
            max_faces: int, max_pixels: int | None = None, min_neighbours: int | None = None) -> Found:
     """Every face in an RGB photo (EXIF orientation applied), in its own pixels; min_neighbours: the
-    manifest's unless given."""
+    manifest's unless given. Candidates are the windows from the manifest's scan_threshold on, whatever the
+    threshold asked: the faces at a higher threshold are exactly a subset of those at a lower one."""
     cfg = runtime.manifest.localiser
     w, h = image.size
     found, best = [], 0.0
     for scale in pyramid(w, h, cfg, min_face, max_pixels):
         prob = sigmoid(scan_level(runtime, model, level_pixels(image, scale, cfg.stride), cfg))
         best = max(best, float(prob.max(initial=0.0)))
-        found.append(windows(prob, scale, cfg, threshold))
+        found.append(windows(prob, scale, cfg, cfg.scan_threshold))
     boxes = np.concatenate(found) if found else np.zeros((0, 5))
     neighbours = cfg.min_neighbours if min_neighbours is None else min_neighbours
-    faces = clip_boxes(merge(boxes, cfg.nms_iou, max_faces, neighbours), w, h)
-    # With no face, the best window: it may pass the threshold and still be no face, lacking neighbours.
-    return Found(faces, float(faces[0, 4]) if len(faces) else best)
+    candidates = merge(boxes, cfg.nms_iou, max(max_faces, cfg.max_faces), neighbours)
+    refined = suppress(refine(runtime, model, image, candidates, cfg), cfg.nms_iou)
+    faces = clip_boxes(refined[refined[:, 4] >= threshold][:max_faces], w, h)
+    # With no candidate, the best window scanned; else the best refined crop, which may be below the threshold.
+    return Found(faces, float(refined[0, 4]) if len(refined) else best)
 
 
 def face_square(box: tuple[int, int, int, int], width: int, height: int) -> tuple[int, int, int, int]:

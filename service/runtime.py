@@ -139,6 +139,10 @@ class Runtime:
         """One pyramid level float32 [1, 3, H, W] (H, W multiples of the stride) -> face logit map [H', W']."""
         return self.graphs[f"{model}.scanner"].run(level)["logit_map"][0]
 
+    def scan_windows(self, model: str, crops: np.ndarray) -> np.ndarray:
+        """float32 [N, 3, S, S] crops -> face logit [N]: the scan graph on whole windows is the crop classifier."""
+        return self.graphs[f"{model}.scanner"].run(crops)["logit_map"].reshape(len(crops))
+
     def encode(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N, 3, S, S] -> the DB-VAE's latent means [N, D]."""
         return self.graphs["dbvae.encoder"].run(batch)["mu"]

@@ -81,10 +81,14 @@ class Localiser(BaseModel):
     scale_step: float = Field(gt=1.0)
     min_face_size: int = Field(gt=0)
     nms_iou: float = Field(ge=0.0, le=1.0)
-    threshold: float = Field(ge=0.0, le=1.0)
+    scan_threshold: float = Field(ge=0.0, le=1.0)  # a scanned window is a candidate from this probability on
+    threshold: float = Field(ge=0.0, le=1.0)  # a refined candidate is a face from this crop probability on
     max_faces: int = Field(gt=0)
-    # Windows a face's merged box needs; manifests from before it merged every single window: 1.
+    # Windows a candidate's merged box needs; manifests from before it merged every single window: 1.
     min_neighbours: int = Field(1, ge=1)
+    # The refining grid: shifts (fractions of the side, along x and y) and scales of each candidate's square.
+    refine_shifts: list[float] = Field(min_length=1)
+    refine_scales: list[float] = Field(min_length=1)
     crop_max_side: int = Field(gt=0)
 
 

@@ -2,8 +2,8 @@
 included), the crop case, /reconstruct and /morph on the faces found, bad parameters, and the photo evaluation.
 
 The fixture scan graphs (tests/utils/models.py) score a 64x64 window by its mean brightness, so the right
-answer is known exactly: a bright 64x64 square on a dark photo is one face at its own place. The training and
-service copies of the localiser are run on the same graphs and must find the same boxes."""
+answer is known exactly: a bright 64x64 square on a dark photo is one face at its own place. The refining stage,
+and the training and service copies finding the same boxes: tests/test_localiser_refine.py."""
 
 from __future__ import annotations
 
@@ -82,17 +82,6 @@ def test_nms_merges_the_overlapping_windows_into_one_face(client: TestClient) ->
     assert len(merge(boxes, nms_iou=0.3, max_faces=10, min_neighbours=3)) == 0
 
 
-def test_min_neighbours_keeps_faces_whose_windows_agree(client: TestClient) -> None:
-    photo = {"image": ("p.png", encode(squares_photo(), "PNG"))}
-    # At the manifest's threshold each square is one window: with two needed, neither is a face ...
-    alone = client.post("/v1/detect", params={"min_face_size": 64, "min_neighbours": 2}, files=photo)
-    assert faces_of(alone) == []
-    # ... at a low threshold the windows 16 px off agree with it, and both squares are found again.
-    agreed = client.post("/v1/detect", params={"min_face_size": 64, "threshold": 1e-5, "min_neighbours": 2},
-                         files=photo)
-    assert sorted(faces_of(agreed)) == [(x, y, 64, 64) for x, y in SQUARES]
-
-
 def test_max_faces_and_a_photo_without_faces(client: TestClient) -> None:
     photo = encode(squares_photo(), "PNG")
     response = client.post("/v1/detect", params={"min_face_size": 64, "max_faces": 1}, files={"image": ("p.png", photo)})
@@ -167,24 +156,6 @@ def test_bad_boxes_get_a_422_problem(client: TestClient, box: str) -> None:
                            files={"image": ("p.png", encode(squares_photo(), "PNG"))})
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
-
-
-def test_training_and_service_localisers_find_the_same_boxes(models_dir: Path) -> None:
-    """The two copies of the algorithm (the halves share no code) on the same scan graph and photos."""
-    from service.localiser import locate
-    from service.runtime import Runtime
-    from service.settings import Settings
-    from training.localiser import Localiser, LocaliserConfig
-
-    runtime = Runtime.load(Settings(models_dir=models_dir, providers=["CPUExecutionProvider"]))
-    manifest = json.loads((models_dir / "manifest.json").read_text())
-    for corners, min_face in ((SQUARES, 64), ([(100, 50), (300, 310), (500, 100)], 48), ([], 40)):
-        image = Image.fromarray(squares_photo(corners=corners))
-        for threshold, neighbours in ((0.9, 1), (1e-5, 1), (1e-5, 2)):
-            cfg = LocaliserConfig(**{**manifest["localiser"], "min_face_size": min_face, "min_neighbours": neighbours})
-            trained = Localiser(models_dir / "dbvae_scan.onnx", cfg).locate(image, threshold=threshold)
-            served = locate(runtime, "dbvae", image, threshold, min_face, cfg.max_faces, None, neighbours).boxes
-            np.testing.assert_allclose(trained, served, atol=1e-9)
 
 
 def test_photo_evaluation_scores_the_known_answer(models_dir: Path, tmp_path: Path) -> None:

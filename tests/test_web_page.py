@@ -30,7 +30,7 @@ SCREENSHOT = REPO / "reports" / "web_page.png"
 # would otherwise flood a closed network.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# Two LFW faces pasted into china.jpg, placed where both models find exactly these two at the default 0.9.
+# Two LFW faces pasted into china.jpg: both models find exactly these two at the default threshold.
 FACES = ((0, (40, 120)), (5, (320, 100)))
 SIDE = 112
 
@@ -106,8 +106,7 @@ def upload(page, path: Path) -> None:
 
 
 def detect(server: ServerProcess, path: Path, model: str, threshold: float) -> list[dict]:
-    response = httpx.post(f"{server.url}/v1/detect", params={"model": model, "threshold": threshold,
-                                                             "min_neighbours": 1},  # as the page asks
+    response = httpx.post(f"{server.url}/v1/detect", params={"model": model, "threshold": threshold},
                           files={"image": (path.name, path.read_bytes())}, timeout=60)
     assert response.status_code == 200, response.text
     return response.json()["results"][0]["faces"]
@@ -132,14 +131,15 @@ def iou(a: dict, b: dict) -> float:
 
 
 def assert_drawn_as_detected(page, server: ServerProcess, photo: Path, threshold: float) -> int:
-    """Per model, the boxes drawn are /v1/detect's faces at this threshold: same count, same scores, and in
-    place (the page asked once at the slider's floor, so a box may sit a few px from the one asked at
-    `threshold`: NMS averaged in some lower windows)."""
+    """Per model, the boxes drawn are /v1/detect's faces at this threshold: same count, same scores, same place
+    (the page asked once at the slider's floor; the faces at a higher threshold are a subset of those)."""
     for model in ("dbvae", "cnn"):
         faces, boxes = detect(server, photo, model, threshold), drawn(page, model)
         assert len(boxes) == len(faces), (model, threshold, boxes, faces)
         assert [b["score"] for b in boxes] == pytest.approx([f["score"] for f in faces], abs=1e-6)
-        assert all(iou(b, f["box"]) >= 0.5 for b, f in zip(boxes, faces)), (boxes, faces)
+        for b, f in zip(boxes, faces):
+            assert [b[k] for k in ("x", "y", "width", "height")] == pytest.approx(
+                [f["box"][k] for k in ("x", "y", "width", "height")], abs=0.01), (b, f)
         caption = page.text_content(f".view.{model} .count")
         assert caption.split(": ")[1].startswith(f"{len(faces)} face"), caption
     return len(detect(server, photo, "dbvae", threshold))
@@ -155,26 +155,30 @@ def test_upload_draws_a_box_on_every_face_found_and_the_slider_refilters(page, s
     models = httpx.get(f"{server.url}/v1/models").json()
     assert page.input_value("#threshold") == str(models["localiser"]["threshold"])  # starts at the service's
     upload(page, photo)
-    found = assert_drawn_as_detected(page, server, photo, 0.9)
-    # Both pasted faces are drawn. The page asks min_neighbours=1 (single windows too, so the slider can refilter
-    # exactly), and there the DB-VAE f8e65429 also keeps one window of china.jpg at 0.93: at most one extra box.
+    found = assert_drawn_as_detected(page, server, photo, models["localiser"]["threshold"])
+    # Exactly the two pasted faces, for both models, at the service's threshold.
     for model in ("dbvae", "cnn"):
         boxes = drawn(page, model)
+        assert len(boxes) == len(FACES), (model, boxes)
         assert all(any(iou(b, {"x": x, "y": y, "width": SIDE, "height": SIDE}) >= 0.5 for b in boxes)
                    for _, (x, y) in FACES), (model, boxes)
-    assert len(FACES) <= found <= len(FACES) + 1
+    assert found == len(FACES)
     asked = sum("/v1/detect" in u for u in page.requests)
     assert asked == 2  # once per model
 
+    # Both faces score just under 1 (0.99999 and more): at 1.000 the page hides them, as the service does.
+    page.fill("#threshold", "1")
+    assert page.text_content("#threshold-value") == "1.000"
+    assert assert_drawn_as_detected(page, server, photo, 1.0) == 0
     page.fill("#threshold", "0.5")
-    assert page.text_content("#threshold-value") == "0.50"
-    assert assert_drawn_as_detected(page, server, photo, 0.5) > found
+    assert page.text_content("#threshold-value") == "0.500"
+    assert assert_drawn_as_detected(page, server, photo, 0.5) == found
     assert sum("/v1/detect" in u for u in page.requests) == asked, "the slider must not upload again"
 
     page.check('input[name="view"][value="cnn"]')
     assert page.is_hidden(".view.dbvae") and page.is_visible(".view.cnn")
     page.check('input[name="view"][value="both"]')
-    page.fill("#threshold", "0.9")
+    page.fill("#threshold", str(models["localiser"]["threshold"]))
     shot = save_screenshot(page, tmp_path, "web_page.png", full_page=False)
     if os.environ.get("FACEDET_UPDATE_SCREENSHOT") == "1":
         page.screenshot(path=str(SCREENSHOT), full_page=True, clip=_clip(page, "header", "#try"))

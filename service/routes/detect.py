@@ -32,11 +32,12 @@ async def detect(
         "Smaller is slower: the photo is scanned at window / min_face_size of its size first"))] = None,
     max_faces: Annotated[int | None, Query(ge=1, le=1000, description="At most this many faces per image")] = None,
     min_neighbours: Annotated[int | None, Query(ge=1, le=100, description=(
-        "Windows above the threshold a face's merged box needs; default the manifest's localiser.min_neighbours. "
-        "Higher: fewer false alarms, and fewer faces found"))] = None,
+        "Windows above the manifest's localiser.scan_threshold a candidate's merged box needs; default the "
+        "manifest's localiser.min_neighbours. Higher: fewer candidates to verify, and fewer faces found"))] = None,
     threshold: Annotated[float | None, Query(ge=0.0, le=1.0, description=(
-        "A face from this score on; default the manifest's localiser threshold for photos and the model's "
-        "threshold for crops (images no larger than localiser.crop_max_side)"))] = None,
+        "A face from this score on (for photos, the probability of the refined candidate's 64x64 crop); default "
+        "the manifest's localiser threshold for photos and the model's threshold for crops (images no larger "
+        "than localiser.crop_max_side)"))] = None,
     boxes: Annotated[bool, Query(description=(
         "false: no localisation, one probability per image from its centre square (the answer before /v1)"))] = True,
 ) -> JSONResponse:

@@ -4,15 +4,13 @@
 
 const MODELS = { dbvae: "DB-VAE", cnn: "Standard CNN" };
 const $ = (id) => document.getElementById(id);
-const state = { photos: [], selected: null, morph: { a: null, b: null }, threshold: 0.9 };
+const state = { photos: [], selected: null, morph: { a: null, b: null }, threshold: 0.995 };
 
 // The lowest the slider goes. Each photo is asked for once at this threshold and the slider then only hides
-// faces in the browser: the localiser's non-maximum suppression keeps the best window first, so the faces at
-// or above any higher threshold are exactly the ones the service would answer at that threshold, asked with
-// min_neighbours=1. Not with the manifest's min_neighbours (a face needing several windows): how many windows
-// a face gathers depends on the threshold asked at, so the browser could not re-filter them exactly.
+// faces in the browser. That is exact: the localiser's candidates come from the scan at the manifest's own
+// scan_threshold whatever threshold is asked, and the threshold only keeps the refined faces scoring at least
+// it, so the faces at or above any higher threshold are exactly the ones the service would answer there.
 const FLOOR = Number($("threshold").min);
-const NEIGHBOURS = 1;
 
 class Problem extends Error {}
 
@@ -89,7 +87,7 @@ async function detect(photo) {
   try {
     const [answers] = await Promise.all([
       Promise.all(Object.keys(MODELS).map(async (model) => {
-        const params = new URLSearchParams({ model, threshold: FLOOR, min_neighbours: NEIGHBOURS });
+        const params = new URLSearchParams({ model, threshold: FLOOR });
         const response = await call(`/v1/detect?${params}`, { method: "POST", body: form([["image", photo.file]]) });
         return [model, (await response.json()).results[0]];
       })),
@@ -146,9 +144,9 @@ function renderPhoto(photo) {
 
 function faceButton(photo, model, face, i) {
   const { x, y, width, height } = face.box;
-  const label = `Face ${i + 1} by the ${MODELS[model]}, score ${fmt(face.score, 2)}`;
+  const label = `Face ${i + 1} by the ${MODELS[model]}, score ${fmt(face.score, 3)}`;
   const button = el("button", { type: "button", className: "face", ariaLabel: label },
-    el("span", { textContent: fmt(face.score, 2) }));
+    el("span", { textContent: fmt(face.score, 3) }));
   button.dataset.score = face.score;
   button.setAttribute("aria-pressed", "false");
   if (photo.img) {
@@ -167,7 +165,7 @@ function applyThreshold(photo) {
     const model = view.classList.contains("dbvae") ? "dbvae" : "cnn";
     const count = shown(photo.answers[model]).length;
     view.querySelector(".count").textContent =
-      `${MODELS[model]}: ${count} face${count === 1 ? "" : "s"} at ${fmt(state.threshold, 2)} or more`;
+      `${MODELS[model]}: ${count} face${count === 1 ? "" : "s"} at ${fmt(state.threshold, 3)} or more`;
     for (const button of view.querySelectorAll(".face")) {
       button.hidden = Number(button.dataset.score) < state.threshold;
     }
@@ -234,7 +232,7 @@ function drawFace(canvas, face) {
   ctx.drawImage(img, left, top, side, side, 0, 0, canvas.width, canvas.height);
 }
 
-const faceName = (f) => `face ${f.i + 1} of ${f.photo.file.name} (${MODELS[f.model]}, score ${fmt(f.face.score, 2)})`;
+const faceName = (f) => `face ${f.i + 1} of ${f.photo.file.name} (${MODELS[f.model]}, score ${fmt(f.face.score, 3)})`;
 
 async function select(face) {
   if (state.selected) state.selected.button.setAttribute("aria-pressed", "false");
@@ -388,9 +386,9 @@ async function loadModels() {
     $("models-body").replaceChildren(
       el("p", { textContent: `Input ${body.input.size}×${body.input.size} RGB, latent space of `
         + `${body.latent_dim} dimensions. Photos are scanned for faces from ${body.localiser.min_face_size} px; `
-        + `the threshold starts at the localiser's ${fmt(threshold, 2)}. This page shows every face one window `
-        + `found (min_neighbours=${NEIGHBOURS}); the API by default keeps only faces that `
-        + `${body.localiser.min_neighbours ?? 1} windows agree on, which drops many false alarms.` }),
+        + `the threshold starts at the localiser's ${fmt(threshold, 3)}: the probability the classifier gives `
+        + `a face's refined 64×64 crop. Candidates need ${body.localiser.min_neighbours ?? 1} scanned windows `
+        + `from ${fmt(body.localiser.scan_threshold ?? threshold, 2)} to agree on them.` }),
       el("p", { textContent: `Providers asked for: ${body.requested_providers.join(", ")}; available here: `
         + `${body.available_providers.join(", ")}.` }),
       el("div", { className: "model-list" }, ...body.models.map(modelCard)));
@@ -403,7 +401,7 @@ async function loadModels() {
 
 function setThreshold() {
   state.threshold = Number($("threshold").value);
-  $("threshold-value").textContent = fmt(state.threshold, 2);
+  $("threshold-value").textContent = fmt(state.threshold, 3);
   state.photos.filter((p) => p.card.querySelector(".view")).forEach(applyThreshold);
 }
 
