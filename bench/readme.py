@@ -302,7 +302,10 @@ def localise(d: dict) -> list[str]:
 
 def reconstruction(d: dict) -> list[str]:
     """The DB-VAE's reconstructions of the photo set's faces and of the held-out split, against the VAE goals."""
-    sets = {"photo set": d["photo_set"], "held-out split": d["held_out"]}
+    found = d.get("found", {})
+    sets = {"photo set, boxes by hand": d["photo_set"],
+            "photo set, found by the localiser: its boxes": found.get("localiser_boxes", {}),
+            "the same found faces, boxes by hand": found.get("boxes_by_hand", {}), "held-out split": d["held_out"]}
     rows = [[name, r["faces"], f"{r['psnr_db']:.1f} ({r['mean_face_psnr_db']:.1f})",
              f"{r['ssim']:.3f} ({r['mean_face_ssim']:.3f})", f"{r['correlation_own']:.2f} / {r['correlation_others']:.2f}",
              f"{r['identified_top1']:.0%} / {r['identified_top5']:.0%} (chance {r['chance_top1']:.0%})",
@@ -318,7 +321,10 @@ def reconstruction(d: dict) -> list[str]:
             f"DB-VAE `{d['model']}` ({d['output_colour']} output), decode(μ) of each face: the photo set's boxed faces "
             f"(cut out as `/v1/reconstruct` cuts them; {'scored against their grey, as the decoder gives grey' if d['output_colour'] == 'grey' else 'scored in colour'}) "
             "and the held-out split (the manifest's figures). Identified: the reconstruction is closer (grey Pearson "
-            "correlation) to its own face than to any other face of the same set.", "",
+            "correlation) to its own face than to any other face of the same set. The found faces are those the "
+            "DB-VAE's localiser finds at its default threshold (a found box at IoU ≥ 0.5 with a boxed face), cut out "
+            "around the localiser's own box, as `/v1/reconstruct` and `/v1/morph` do for a photo sent without a "
+            "box; beside them the same faces cut around their boxes by hand.", "",
             *_table(["faces of", "faces", "PSNR dB (mean face)", "SSIM (mean face)", "correlation own / others",
                      "identified top-1 / top-5", "morph ends identified", "morphs nearer to B each frame"], rows), "",
             "Goals: " + "; ".join(goals) + ".", "", _source("reconstruction_photos", d)]

@@ -4,6 +4,11 @@ for /v1/reconstruct (service.localiser.face_square, then 64x64 bilinear), encode
 graphs in ONNX Runtime, and scored by training.reconstruction.summary: PSNR, SSIM, own-face correlation,
 identifiability top-1 / top-5 among these faces, morph ends, and morphs nearing B frame by frame.
 
+The same is done for the faces the DB-VAE's localiser finds (threshold as the service's default, a found box
+matching a boxed face at IoU >= 0.5), cut out around the localiser's own box: what /v1/reconstruct and /v1/morph
+use for a photo sent without a box. Beside it, the same faces cut out around their boxes by hand, so both rows
+hold the same faces and the same chance of being identified.
+
 A decoder the manifest marks grey is scored against the grey of each face (it has no colour to give back);
 an RGB one against the colour face. The held-out split's figures are in the manifest; these are from outside.
 """
@@ -22,6 +27,7 @@ from service.localiser import face_square
 from training.data.image import IMAGE_SIZE, to_model_input
 from training.environment import environment
 from training.evaluation import open_photo, read_boxes
+from training.localiser import Localiser, LocaliserConfig, iou
 from training.manifest import load_manifest
 from training.reconstruction import decoded_summary
 
@@ -30,16 +36,30 @@ FIGURES = ("psnr_db", "ssim", "correlation_own", "correlation_others", "identifi
            "morph_ends_identified", "morph_nearing_b")
 
 
-def photo_faces(photos: Path, boxes: Path) -> tuple[np.ndarray, list[str]]:
-    """-> (uint8 [N, 64, 64, 3] face squares, "file#k" names) of every boxed face that is not 'difficult'."""
+def cut(photo: Image.Image, box: tuple[float, float, float, float]) -> np.ndarray:
+    """A face as the service cuts it for /v1/reconstruct: the square around its box, 64x64 bilinear."""
+    x, y, w, h = (round(v) for v in box)
+    return np.asarray(photo.crop(face_square((x, y, w, h), *photo.size)).resize((IMAGE_SIZE, IMAGE_SIZE),
+                                                                               Image.Resampling.BILINEAR))
+
+
+def photo_faces(photos: Path, boxes: Path, localiser: Localiser | None = None) -> tuple[np.ndarray, list[str]]:
+    """-> (uint8 [N, 64, 64, 3] face squares, "file#k" names) of every boxed face that is not 'difficult'. With a
+    localiser, only the faces it finds (a found box at IoU >= 0.5, the best-scoring one), cut around its box."""
     faces, names = [], []
     for name, truths in sorted(read_boxes(boxes).items()):
         photo = open_photo(photos / name)
+        found = localiser.locate(photo) if localiser is not None else None
         for k, (x, y, w, h, difficult) in enumerate(truths):
             if difficult:
                 continue
-            square = photo.crop(face_square((round(x), round(y), round(w), round(h)), *photo.size))
-            faces.append(np.asarray(square.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)))
+            box = (x, y, w, h)
+            if found is not None:
+                hits = found[iou(np.array(box), found) >= 0.5] if len(found) else found
+                if not len(hits):
+                    continue
+                box = tuple(hits[0, :4])  # found boxes come best first
+            faces.append(cut(photo, box))
             names.append(f"{name}#{k}")
     return np.stack(faces), names
 
@@ -70,15 +90,22 @@ def main(argv=None) -> int:
     entry = manifest["models"]["dbvae"]
     faces, names = photo_faces(folder / "photos", PHOTO_SET / "boxes.csv")
     figures = scored(models_dir, entry, faces)
+    localiser = Localiser(models_dir / entry["graphs"]["scanner"], LocaliserConfig(**manifest["localiser"]))
+    found, found_names = photo_faces(folder / "photos", PHOTO_SET / "boxes.csv", localiser)
+    localised = scored(models_dir, entry, found)
+    by_hand = scored(models_dir, entry, faces[[names.index(n) for n in found_names]])
     held_out = entry["metrics"]["val"].get("reconstruction", {})
-    rows = [{"set": "photo set", **figures}, {"set": "held-out split", **held_out}]
+    rows = [{"set": "photo set", **figures}, {"set": "found: localiser's boxes", **localised},
+            {"set": "found: boxes by hand", **by_hand}, {"set": "held-out split", **held_out}]
     cols = [("set", "faces of", ""), ("faces", "faces", "d")] + [(k, k.replace("_", " "), ".3f") for k in FIGURES]
     print(f"\nDB-VAE {entry['version']} ({entry.get('output_colour', 'rgb')} output), decode(mu):")
     print(table(rows, cols))
     return finish(args.out, {"benchmark": "reconstruction", "machine": machine(1), "model": entry["version"],
                              "output_colour": entry.get("output_colour", "rgb"), "faces": names,
                              "framing": "service.localiser.face_square of each boxed face, 64x64 bilinear",
-                             "photo_set": figures, "held_out": held_out})
+                             "photo_set": figures, "held_out": held_out,
+                             "found": {"faces": found_names, "localiser": manifest["localiser"],
+                                       "localiser_boxes": localised, "boxes_by_hand": by_hand}})
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ REFINE_BATCH = 64
 @dataclass(frozen=True)
 class Found:
     boxes: np.ndarray  # [M, 5]: x, y, width, height (int px of the photo), score; highest score first
-    best: float  # the highest score of a face found; with none, of any window looked at
+    best: float  # the highest score of a face found; with none, of a refined candidate; with none, of any window
 
 
 def pyramid(width: int, height: int, cfg: Localiser, min_face: int, max_pixels: int | None = None) -> list[float]:
