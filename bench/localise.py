@@ -10,7 +10,8 @@ runs them) beside OpenCV's Haar cascade, on the same real photos in the same run
   `python -m training.evaluate --photos`. Haar: haarcascade_frontalface_default.xml, scaleFactor 1.1,
   minNeighbors 5, minSize 40 px (OpenCV's usual call), score = its neighbour count.
 * Speed: every face photo resized to about 640x480 and to about 1920x1280, each detector on 2 threads, one photo
-  at a time, smallest face 40 px for all: photos/s and megapixels/s.
+  at a time, smallest face 40 px for all: photos/s and megapixels/s; for ours also the ms per photo of the scan
+  (pyramid, scan, merge) and of the refining stage, and the candidates per photo.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from PIL import Image
 from bench.common import OUT_HELP, PHOTO_SET, fetch_photos, finish, load_note, machine, table
 from training.environment import environment
 from training.evaluation import evaluate_photos, open_photo, read_boxes, score_photos
-from training.localiser import Localiser, LocaliserConfig
+from training.localiser import Localiser, LocaliserConfig, merge, refine, suppress
 from training.manifest import load_manifest
 from training.reporting import photo_sheet
 
@@ -81,6 +82,22 @@ def speed(locate, photos: list[Image.Image], seconds: float) -> dict:
     return {"photos_per_s": done / elapsed, "megapixels_per_s": done * pixels / 1e6 / elapsed, "photos_timed": done}
 
 
+def stages(localiser: Localiser, photos: list[Image.Image]) -> dict:
+    """Where one of our photos' time goes, once over each photo: the pyramid scan (levels resized, scanned,
+    windows merged into candidates) and the refining stage (27 crops a candidate, scored), ms per photo."""
+    cfg, scan_s, refine_s, candidates = localiser.cfg, 0.0, 0.0, 0
+    for photo in photos:
+        start = time.perf_counter()
+        found = merge(localiser.windows(photo, cfg.scan_threshold), cfg.nms_iou, cfg.max_faces, cfg.min_neighbours)
+        middle = time.perf_counter()
+        suppress(refine(photo, found, cfg, localiser.crop_probabilities), cfg.nms_iou)
+        scan_s += middle - start
+        refine_s += time.perf_counter() - middle
+        candidates += len(found)
+    n = len(photos)
+    return {"scan_ms": 1000 * scan_s / n, "refine_ms": 1000 * refine_s / n, "candidates_per_photo": candidates / n}
+
+
 def run(args) -> dict:
     info = machine(args.threads)
     folder = fetch_photos(Path(args.photos) if args.photos else environment().cache / "photos")
@@ -90,8 +107,9 @@ def run(args) -> dict:
     truth = read_boxes(boxes)
     ours = evaluate_photos(models_dir, manifest, folder / "photos", boxes)
     cfg = LocaliserConfig(**manifest["localiser"])
-    detectors = {f"ours ({kind})": Localiser(models_dir / entry["graphs"]["scanner"], cfg, args.threads).locate
-                 for kind, entry in manifest["models"].items()}
+    localisers = {f"ours ({kind})": Localiser(models_dir / entry["graphs"]["scanner"], cfg, args.threads)
+                  for kind, entry in manifest["models"].items()}
+    detectors = {name: localiser.locate for name, localiser in localisers.items()}
     haar = Haar(args.threads)
     detectors["opencv haar cascade"] = haar.locate
     quality = {name: {**{k: v for k, v in m.items() if k != "photos"}, "sweep": sweep(m)} for name, m in
@@ -105,6 +123,8 @@ def run(args) -> dict:
         for label, size in SIZES.items():
             resized = [im.resize(size, Image.Resampling.BILINEAR) for im in originals]
             row[f"speed_{label}"] = speed(locate, resized, args.seconds)
+            if name in localisers:
+                row[f"speed_{label}"]["stages"] = stages(localisers[name], resized)
         rows.append(row)
         print(f"  {name}: precision {row['precision']:.3f} recall {row['recall']:.3f}", flush=True)
     if args.example:

@@ -280,6 +280,12 @@ def localise(d: dict) -> list[str]:
                if "scan_threshold" in cfg else ""))
     if ours:
         out.append("")
+    timed = [(r["detector"], s, r["speed_" + s]["stages"]) for r in ours for s in d["settings"]["speed_sizes"]
+             if "stages" in r["speed_" + s]]
+    if timed:
+        out += ["Where our time goes, ms per photo: " + "; ".join(
+            f"{name} at {size}: scan {t['scan_ms']:.0f}, refining {t['refine_ms']:.0f} "
+            f"({t['candidates_per_photo']:.1f} candidates)" for name, size, t in timed) + ".", ""]
     if ours:
         def met(ok: bool) -> str:
             return "met" if ok else "MISSED"
