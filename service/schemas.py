@@ -167,9 +167,9 @@ class DetectResponse(BaseModel):
                     "model_version": "dbvae-1a2b3c4d",
                     "threshold": 0.5,
                     "provider": "CPUExecutionProvider",
-                    "results": [{"filename": "photo.jpg", "face_probability": 0.97, "is_face": True,
-                                 "threshold": 0.9, "faces": [{"box": {"x": 412, "y": 96, "width": 131,
-                                                                      "height": 131}, "score": 0.97}]}],
+                    "results": [{"filename": "photo.jpg", "face_probability": 0.9991, "is_face": True,
+                                 "threshold": 0.995, "faces": [{"box": {"x": 412, "y": 96, "width": 131,
+                                                                        "height": 131}, "score": 0.9991}]}],
                 }
             ]
         }
