@@ -28,7 +28,7 @@ from PIL import Image
 from bench.common import OUT_HELP, PHOTO_SET, fetch_photos, finish, load_note, machine, table
 from training.environment import environment
 from training.evaluation import evaluate_photos, open_photo, read_boxes, score_photos
-from training.localiser import Localiser, LocaliserConfig, merge, refine, suppress
+from training.localiser import Localiser, LocaliserConfig
 from training.manifest import load_manifest
 from training.reporting import photo_sheet
 
@@ -85,12 +85,12 @@ def speed(locate, photos: list[Image.Image], seconds: float) -> dict:
 def stages(localiser: Localiser, photos: list[Image.Image]) -> dict:
     """Where one of our photos' time goes, once over each photo: the pyramid scan (levels resized, scanned,
     windows merged into candidates) and the refining stage (27 crops a candidate, scored), ms per photo."""
-    cfg, scan_s, refine_s, candidates = localiser.cfg, 0.0, 0.0, 0
+    scan_s, refine_s, candidates = 0.0, 0.0, 0
     for photo in photos:
         start = time.perf_counter()
-        found = merge(localiser.windows(photo, cfg.scan_threshold), cfg.nms_iou, cfg.max_faces, cfg.min_neighbours)
+        found = localiser.candidates(photo)
         middle = time.perf_counter()
-        suppress(refine(photo, found, cfg, localiser.crop_probabilities), cfg.nms_iou)
+        localiser.verified(photo, found)
         scan_s += middle - start
         refine_s += time.perf_counter() - middle
         candidates += len(found)

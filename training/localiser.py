@@ -283,12 +283,18 @@ class Localiser:
         return clip_boxes(faces[faces[:, 4] >= threshold][:max_faces or cfg.max_faces], w, h)
 
     def faces(self, image: Image.Image, min_face: int | None = None, candidates: int | None = None) -> np.ndarray:
-        """Both stages, before the threshold: the scan's merged candidates, each refined and scored as a crop,
-        overlaps suppressed -> [M, 5] photo px (floats), best first."""
+        """Both stages, before the threshold -> [M, 5] photo px (floats), best first."""
+        return self.verified(image, self.candidates(image, min_face, candidates))
+
+    def candidates(self, image: Image.Image, min_face: int | None = None, most: int | None = None) -> np.ndarray:
+        """Stage 1: the scan's windows from scan_threshold on, merged; at most `most` (cfg.max_faces)."""
         cfg = self.cfg
-        found = merge(self.windows(image, cfg.scan_threshold, min_face), cfg.nms_iou, candidates or cfg.max_faces,
-                      cfg.min_neighbours)
-        return suppress(refine(image, found, cfg, self.crop_probabilities), cfg.nms_iou)
+        return merge(self.windows(image, cfg.scan_threshold, min_face), cfg.nms_iou, most or cfg.max_faces,
+                     cfg.min_neighbours)
+
+    def verified(self, image: Image.Image, candidates: np.ndarray) -> np.ndarray:
+        """Stage 2: each candidate refined and scored as a crop, overlaps suppressed, best first."""
+        return suppress(refine(image, candidates, self.cfg, self.crop_probabilities), self.cfg.nms_iou)
 
     def crop_probabilities(self, crops: np.ndarray) -> np.ndarray:
         """float32 [n, 3, 64, 64] -> face probability [n]: the scan graph on whole windows is the classifier."""
