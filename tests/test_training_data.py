@@ -124,13 +124,36 @@ def test_canonical_decode_crops_centre_and_handles_modes(tmp_path):
 
 def test_builtin_is_real_lfw_plus_photo_crops(tmp_path):
     src = H5Source(build_builtin(tmp_path / "b.h5", extra_non_faces=50, seed=1))
-    assert len(src) == 250 and int(src.labels.sum()) == 100
+    assert len(src) == 250 and int(src.labels.sum()) == 100 and src.groups is None
     faces = src.read(np.flatnonzero(src.labels == 1)[:5])
     assert np.all(faces[..., 0] == faces[..., 1])  # grey, as the LFW subset
     first = lfw_faces(1)[0]
     assert np.abs(faces[0].astype(int) - first.astype(int)).mean() < 2.0  # the first LFW face
     non = src.read(np.flatnonzero(src.labels == 0))
     assert non.std() > 10  # real image content, not blanks
+
+
+def test_builtin_all_adds_the_packaged_faces_as_groups(tmp_path):
+    lfw_only = H5Source(build_builtin(tmp_path / "lfw.h5", extra_non_faces=50, seed=1))
+    src = H5Source(build_builtin(tmp_path / "all.h5", extra_non_faces=50, seed=1, faces="all"))
+    faces_idx = np.flatnonzero(src.labels == 1)
+    assert len(src) == 847 + 150 and faces_idx.tolist() == list(range(847))
+    assert src.group_names == ["LFW", "ORL", "NBA"]
+    assert np.bincount(src.groups[faces_idx]).tolist() == [100, 374, 373]
+    assert set(src.groups[src.labels == 0].tolist()) == {-1}
+    # The same LFW faces first and the same non-faces last as the LFW-only set.
+    assert np.array_equal(src.read(np.arange(100)), lfw_only.read(np.arange(100)))
+    assert np.array_equal(src.read(np.arange(847, 997)), lfw_only.read(np.arange(100, 250)))
+    packaged = src.read(faces_idx[100::50])
+    assert np.all(packaged[..., 0] == packaged[..., 2])  # grey like the LFW subset, whatever the photo's colour
+    assert packaged.std(axis=(1, 2, 3)).min() > 10  # real faces, no blank or flat squares
+
+
+def test_open_source_builtin_is_cached_per_choice_of_faces(tmp_path):
+    every = open_source("builtin", cache_dir=str(tmp_path), builtin_non_faces=20, builtin_faces="all")
+    assert every.path.name == "builtin-all-v1-20-0.h5" and len(every) == 847 + 120
+    with pytest.raises(DataError, match="built-in faces must be lfw or all, not 'some'"):
+        open_source("builtin", cache_dir=str(tmp_path), builtin_faces="some")
 
 
 def test_open_source_builtin_is_cached(tmp_path):

@@ -210,6 +210,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert train_main(["--source", "folders", "--faces", str(tmp_path)]) == 2
     assert "needs --faces DIR and --non-faces DIR" in capsys.readouterr().err
     assert train_main(["--batch-size", "7"]) == 2
+    assert train_main(["--builtin-faces", "some"]) == 2
+    assert "--builtin-faces must be lfw or all, not 'some'" in capsys.readouterr().err
     assert train_main(["--decoder-filters", "64,32"]) == 2
     assert "bad model settings: decoder_filters needs one entry per encoder block" in capsys.readouterr().err
     assert train_main(["--kl-warmup", "2"]) == 2

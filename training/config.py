@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from training.data.builtin import EXTRA_NON_FACES
+from training.data.builtin import BUILTIN_FACES, EXTRA_NON_FACES
 from training.environment import environment
 from training.model import ModelConfig
 
@@ -39,6 +39,9 @@ class TrainConfig:
     non_faces: str = opt("", "--source folders: directory of non-face images")
     cache_dir: str = opt(str(environment().cache), "built-in set and converted folders are cached here (FACEDET_CACHE)")
     builtin_non_faces: int = opt(EXTRA_NON_FACES, "extra natural-image crops added to the built-in set's 100 patches")
+    builtin_faces: str = opt("lfw", "the built-in set's faces: lfw (the LFW subset's 100) | all (+ 747 faces of photos "
+                                    "in two PyPI wheels, training/data/packaged.py: much better reconstructions of "
+                                    "faces from outside, and, measured, worse localisation; see the README)")
     val_fraction: float = opt(0.2, "held-out, stratified by label, seeded")
     seed: int = opt(0, "seeds the split, sampling, augmentation and weights")
 
@@ -53,7 +56,7 @@ class TrainConfig:
                                    "empty: the encoder's filters mirrored")
     decoder_colour: str = opt("auto", "DB-VAE output: rgb | grey (one channel given out as R = G = B); auto: grey "
                                       "when the front end is grey, as the encoder then never sees colour")
-    dropout: float = opt(0.3, "dropout before the dense head: 80 built-in faces are easy to memorise")
+    dropout: float = opt(0.3, "dropout before the dense head: a few hundred built-in faces are easy to memorise")
 
     # --- optimisation -----------------------------------------------------------------------
     epochs: int = opt(30, "training epochs per model")
@@ -115,6 +118,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.source not in ("builtin", "h5", "folders"):
             raise ValueError(f"--source must be builtin, h5 or folders, not {self.source!r}")
+        if self.builtin_faces not in BUILTIN_FACES:
+            raise ValueError(f"--builtin-faces must be {' or '.join(BUILTIN_FACES)}, not {self.builtin_faces!r}")
         if self.source == "h5" and not self.h5:
             raise ValueError("--source h5 needs --h5 PATH")
         if self.source == "folders" and not (self.faces and self.non_faces):

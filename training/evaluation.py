@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from training.contract import GRAPH_IO, SCORING_GRAPH
 from training.data.h5 import H5Source
-from training.data.image import to_model_input
+from training.data.image import open_photo, to_model_input
 from training.fairness import CardInputs, model_card, rarity
 from training.metrics import binary_metrics, sigmoid
 
@@ -103,16 +103,6 @@ def fairness_cards(models_dir: Path, models: dict, source: H5Source, indices: np
 # Localisation on photos with true boxes (PASCAL VOC / WIDER FACE style)
 
 PHOTO_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
-
-
-def open_photo(path: Path):
-    """A photo as the service sees it: EXIF orientation applied, then RGB (alpha composited on white)."""
-    from PIL import Image, ImageOps
-
-    from training.data.image import to_rgb
-
-    with Image.open(path) as im:
-        return to_rgb(ImageOps.exif_transpose(im))
 
 
 def read_boxes(path: Path) -> dict[str, list[tuple[float, float, float, float, bool]]]:

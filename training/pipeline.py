@@ -38,7 +38,7 @@ def data_summary(cfg: TrainConfig, source: H5Source, train_idx, val_idx) -> dict
         summary.update(faces=str(Path(cfg.faces).resolve()), non_faces=str(Path(cfg.non_faces).resolve()),
                        skipped_unreadable=getattr(source, "skipped", 0))
     else:
-        summary["builtin_non_faces"] = cfg.builtin_non_faces
+        summary.update(builtin_non_faces=cfg.builtin_non_faces, builtin_faces=cfg.builtin_faces)
     return summary
 
 
@@ -55,7 +55,8 @@ def open_data(cfg: TrainConfig, world: Dist) -> H5Source:
     """Rank 0 opens first, so a built-in or folder cache is built once, not by every rank at a time."""
     def _open():
         return open_source(cfg.source, h5=cfg.h5, faces=cfg.faces, non_faces=cfg.non_faces,
-                           cache_dir=cfg.cache_dir, builtin_non_faces=cfg.builtin_non_faces, seed=cfg.seed)
+                           cache_dir=cfg.cache_dir, builtin_non_faces=cfg.builtin_non_faces, seed=cfg.seed,
+                           builtin_faces=cfg.builtin_faces)
 
     source = _open() if world.is_main else None
     world.barrier()

@@ -1,6 +1,9 @@
 """The built-in default data set: small, real, and shipped inside registry packages (no download).
 
-Faces: the 100 LFW faces of scikit-image's `lfw_subset` (25x25 grey crops).
+Faces: the 100 LFW faces of scikit-image's `lfw_subset` (25x25 grey crops). With faces="all" (--builtin-faces all),
+also 747 real faces from photos that two PyPI packages ship (training/data/packaged.py): 374 of the ORL database's
+40 people and 373 colour portraits of basketball players, many with dark skin, cut out as the LFW crops are
+framed; each face's source is then its group (LFW, ORL, NBA), so the fairness card reports recall per source.
 Non-faces: its 100 LFW background patches, plus random crops of natural photographs shipped with
 scikit-image and scikit-learn (pictures with people in them are left out).
 
@@ -16,10 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training.data.h5 import H5Writer
+from training.data.folders import NON_FACE_GROUP
+from training.data.h5 import DataError, H5Writer
 from training.data.image import IMAGE_SIZE, prepare
+from training.data.packaged import PACKAGED_VERSION, PACKAGES, packaged_faces
 
-BUILTIN_VERSION = 2
+BUILTIN_VERSION = 2  # of the LFW-only set; faces="all" files have their own name
+BUILTIN_FACES = ("lfw", "all")
 LFW_SIZE = 25
 LFW_FACES = 100  # lfw_subset holds 100 faces first, then 100 background patches
 # Random crops of the natural pictures added as non-faces. More crops of the same 22 pictures (every scale and
@@ -66,21 +72,34 @@ def random_crops(pictures: list[np.ndarray], n: int, rng: np.random.Generator) -
     return out
 
 
-def build_builtin(path: Path, extra_non_faces: int = EXTRA_NON_FACES, seed: int = 0) -> Path:
+def build_builtin(path: Path, extra_non_faces: int = EXTRA_NON_FACES, seed: int = 0, faces: str = "lfw") -> Path:
+    """Faces first (the LFW subset's; with faces="all" then the packaged ones), then the non-faces."""
     import skimage.data
 
     lfw = np.asarray(skimage.data.lfw_subset())  # [200, 25, 25]: LFW_FACES faces, then as many background patches
     lfw = (np.clip(lfw, 0, 1) * 255).round().astype(np.uint8) if lfw.dtype != np.uint8 else lfw
     lfw_rgb = np.stack([prepare(Image.fromarray(a, "L")) for a in lfw])
+    face_images, groups, names = lfw_rgb[:LFW_FACES], None, None
+    if faces == "all":
+        packaged, sources = packaged_faces()
+        names = ["LFW", *(p.group for p in PACKAGES)]
+        face_images = np.concatenate([face_images, np.stack([low_res(face) for face in packaged])])
+        groups = np.r_[np.zeros(LFW_FACES, int), [names.index(s) for s in sources]]
     crops = random_crops(natural_pictures(), extra_non_faces, np.random.default_rng(seed))
-    labels = np.r_[np.ones(LFW_FACES), np.zeros(len(lfw) - LFW_FACES + extra_non_faces)]
-    with H5Writer(path) as w:
-        w.append(np.concatenate([lfw_rgb, crops]), labels)
+    non_faces = np.concatenate([lfw_rgb[LFW_FACES:], crops])
+    if groups is not None:
+        groups = np.r_[groups, np.full(len(non_faces), NON_FACE_GROUP)]
+    labels = np.r_[np.ones(len(face_images)), np.zeros(len(non_faces))]
+    with H5Writer(path, group_names=names) as w:
+        w.append(np.concatenate([face_images, non_faces]), labels, groups)
     return path
 
 
-def builtin_path(cache_dir: Path, extra_non_faces: int, seed: int) -> Path:
-    path = cache_dir / f"builtin-v{BUILTIN_VERSION}-{extra_non_faces}-{seed}.h5"
+def builtin_path(cache_dir: Path, extra_non_faces: int, seed: int, faces: str = "lfw") -> Path:
+    if faces not in BUILTIN_FACES:
+        raise DataError(f"built-in faces must be {' or '.join(BUILTIN_FACES)}, not {faces!r}")
+    name = f"builtin-v{BUILTIN_VERSION}" if faces == "lfw" else f"builtin-{faces}-v{PACKAGED_VERSION}"
+    path = cache_dir / f"{name}-{extra_non_faces}-{seed}.h5"
     if not path.is_file():
-        build_builtin(path, extra_non_faces, seed)
+        build_builtin(path, extra_non_faces, seed, faces)
     return path

