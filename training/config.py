@@ -40,8 +40,8 @@ class TrainConfig:
     cache_dir: str = opt(str(environment().cache), "built-in set and converted folders are cached here (FACEDET_CACHE)")
     builtin_non_faces: int = opt(EXTRA_NON_FACES, "extra natural-image crops added to the built-in set's 100 patches")
     builtin_faces: str = opt("lfw", "the built-in set's faces: lfw (the LFW subset's 100) | all (+ 747 faces of photos "
-                                    "in two PyPI wheels, training/data/packaged.py: much better reconstructions of "
-                                    "faces from outside, and, measured, worse localisation; see the README)")
+                                    "in two PyPI wheels, training/data/packaged.py; measured: better reconstructions "
+                                    "of faces from outside the repo, worse localisation, see the README)")
     val_fraction: float = opt(0.2, "held-out, stratified by label, seeded")
     seed: int = opt(0, "seeds the split, sampling, augmentation and weights")
 
@@ -56,7 +56,7 @@ class TrainConfig:
                                    "empty: the encoder's filters mirrored")
     decoder_colour: str = opt("auto", "DB-VAE output: rgb | grey (one channel given out as R = G = B); auto: grey "
                                       "when the front end is grey, as the encoder then never sees colour")
-    dropout: float = opt(0.3, "dropout before the dense head: a few hundred built-in faces are easy to memorise")
+    dropout: float = opt(0.3, "dropout before the dense head: 80 built-in faces are easy to memorise")
 
     # --- optimisation -----------------------------------------------------------------------
     epochs: int = opt(30, "training epochs per model")
