@@ -349,9 +349,11 @@ def builtin_faces(local: tuple[dict, dict], recon: tuple[dict, dict]) -> list[st
                    f"{pick(d)['identified_top1']:.1%}", f"{pick(d)['morph_ends_identified']:.1%}"]
                   for label, pick in sets for name, d in zip(names, recon) if pick(d).get("faces")]
     return ["### Built-in faces: the LFW subset alone (the default) or `--builtin-faces all`", "",
-            "The committed models train on the LFW subset's faces. `make train ARGS=\"--builtin-faces all\"` adds the "
-            "747 packaged faces (see \"The built-in data set\"); its models were benchmarked the same way and then not "
-            "committed. Localisation (`bench.localise`, same photos, same settings):", "",
+            "The committed models' classifiers train on the LFW subset's faces (their DB-VAE's decoder tuning also "
+            "reconstructs the packaged faces, see \"Training\"). `make train ARGS=\"--builtin-faces all\"` adds the "
+            "747 packaged faces to the training faces (see \"The built-in data set\"); its models were benchmarked the "
+            "same way, before the decoder tuning existed (so its DB-VAE is untuned), and then not committed. "
+            "Localisation (`bench.localise`, same photos, same settings):", "",
             *_table(["detector", "precision", "recall", "AP", "false alarms on face-free"], rows), "",
             "Reconstructions (`bench.reconstruction`; the held-out splits differ: 20 LFW faces against 169 faces of "
             "all three sources):", "",

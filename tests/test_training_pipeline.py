@@ -32,7 +32,7 @@ def trained(tmp_path_factory, cache):
     code = train_main(["--cache-dir", cache, "--builtin-non-faces", "200", "--epochs", "3",
                        "--steps-per-epoch", "12", "--out-dir", str(root / "models"),
                        "--checkpoint-dir", str(root / "ckpt"), "--no-progress", "--latent-dim", "16",
-                       "--fairness-resamples", "100"])
+                       "--fairness-resamples", "100", "--tune-steps", "30"])
     assert code == 0
     return root
 
@@ -169,6 +169,26 @@ def test_evaluate_exported_models_on_the_held_out_split(trained, cache, tmp_path
     printed = capsys.readouterr().out
     assert "balanced_accuracy" in printed and "10 (rarest)" in printed
     assert "| decile | faces | cnn recall | dbvae recall |" in (tmp_path / "card.md").read_text()
+
+
+def test_the_exported_dbvae_is_tuned_and_its_logit_is_the_trained_ones(trained):
+    manifest = json.loads((trained / "models" / "manifest.json").read_text())
+    tuning = manifest["models"]["dbvae"]["metrics"]["decoder_tuning"]
+    assert tuning["steps"] == 30 and tuning["faces"] == "packaged" and tuning["packaged_faces"] == 747
+    assert set(tuning["val_before"]) == set(tuning["val_after"]) >= {"correlation_own", "identified_top1"}
+    tuned_net, ckpt = load_checkpoint(trained / "ckpt" / "dbvae.pt")  # the exported model, tuned
+    trained_net = DBVAE(ModelConfig(**{**ckpt["model_config"], "latent_branch": False}))
+    trained_net.load_state_dict(ckpt["trained_model_state"])  # the main training's end, before tuning
+    trained_net.eval()
+    assert tuned_net.cfg.latent_branch and ckpt["metrics"]["decoder_tuning"]["steps"] == 30
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(str(trained / "models" / "dbvae_encoder.onnx"))
+    logit, mu, _ = session.run(None, {"image": x.numpy()})
+    with torch.no_grad():
+        before_logit, before_mu, _ = trained_net.encode(x)
+        assert np.abs(logit - before_logit.numpy()).max() < 1e-4  # the classifier as trained
+        assert np.abs(mu - tuned_net.encode(x)[1].numpy()).max() < 1e-4  # the latent as tuned
+        assert np.abs(mu - before_mu.numpy()).max() > 1e-3
 
 
 def test_resume_continues_from_the_checkpoint(trained, cache, tmp_path):

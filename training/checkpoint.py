@@ -27,6 +27,17 @@ def save_checkpoint(path: Path, kind: str, model, optimizer, cfg: TrainConfig, e
         torch.save(state, tmp)
 
 
+def save_tuned(path: Path, model, record: dict) -> None:
+    """Put the DB-VAE after decoder tuning (training/decoder_tuning.py) into its training's checkpoint: the model
+    there is then the exported one; the state it trained to stays as trained_model_state, for --resume."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt.setdefault("trained_model_state", ckpt["model_state"])
+    ckpt.update(model_state=model.state_dict(), model_config=model.cfg.to_dict())
+    ckpt["metrics"] = {**ckpt["metrics"], "decoder_tuning": record}
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
 def load_checkpoint(path: Path, map_location="cpu"):
     """-> (model in eval mode, the checkpoint dict)."""
     ckpt = torch.load(path, map_location=map_location, weights_only=False)

@@ -40,8 +40,9 @@ class TrainConfig:
     cache_dir: str = opt(str(environment().cache), "built-in set and converted folders are cached here (FACEDET_CACHE)")
     builtin_non_faces: int = opt(EXTRA_NON_FACES, "extra natural-image crops added to the built-in set's 100 patches")
     builtin_faces: str = opt("lfw", "the built-in set's faces: lfw (the LFW subset's 100) | all (+ 747 faces of photos "
-                                    "in two PyPI wheels, training/data/packaged.py; measured: better reconstructions "
-                                    "of faces from outside the repo, worse localisation, see the README)")
+                                    "in two PyPI wheels, training/data/packaged.py; measured: worse localisation, and "
+                                    "reconstructions below the default's, whose decoder tuning uses those faces; see "
+                                    "the README)")
     val_fraction: float = opt(0.2, "held-out, stratified by label, seeded")
     seed: int = opt(0, "seeds the split, sampling, augmentation and weights")
 
@@ -100,6 +101,12 @@ class TrainConfig:
     vae_view: str = opt("light", "what the DB-VAE's reconstruction term sees: batch (the classifier's augmented "
                                  "batch, as in the paper) | light (a second view of its faces, only flipped and "
                                  "moved a little, as face crops are framed; the batch keeps the BCE term)")
+    tune_steps: int = opt(2000, "decoder tuning after the DB-VAE's training (training/decoder_tuning.py): steps on the "
+                                "VAE loss alone for its latent branch and decoder, the face logit frozen; 0: none")
+    tune_faces: str = opt("auto", "the decoder tuning's faces: train (the training faces) | packaged (half of each "
+                                  "batch from the 747 packaged faces, training/data/packaged.py; --source builtin "
+                                  "only); auto: packaged for --source builtin, train otherwise")
+    tune_lr: float = opt(2e-3, "the decoder tuning's Adam learning rate (cosine to 0)")
     misframed: float = opt(0.5, "share of each batch's faces added again as non-faces, off-centre, too small or "
                                 "too large, so only well-framed windows score high when a photo is scanned")
 
@@ -146,6 +153,13 @@ class TrainConfig:
             raise ValueError(f"bad model settings: {exc}") from exc
         if self.vae_view not in ("batch", "light"):
             raise ValueError("--vae-view must be batch or light")
+        if self.tune_steps < 0:
+            raise ValueError("--tune-steps must be >= 0")
+        if self.tune_faces not in ("auto", "train", "packaged"):
+            raise ValueError(f"--tune-faces must be auto, train or packaged, not {self.tune_faces!r}")
+        if self.tune_faces == "packaged" and self.source != "builtin":
+            raise ValueError("--tune-faces packaged is for --source builtin: the packaged faces are cut in its "
+                             "25-pixel grey look")
         if self.mine_rounds < 0:
             raise ValueError("--mine-rounds must be >= 0")
         if self.vae_weight <= 0:

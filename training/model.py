@@ -6,7 +6,8 @@ All images are float32 RGB NCHW [N, 3, 64, 64] in [0, 1].
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import copy
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -103,6 +104,9 @@ class ModelConfig:
     decoder: str = "deconv"  # DB-VAE only: deconv (DeconvBlock, the lab's) | upsample (UpBlock)
     decoder_filters: tuple[int, ...] = ()  # DB-VAE only, one up-sampling block each: 4 -> 64; () mirrors filters
     decoder_channels: int = 3  # DB-VAE only: 3 (RGB) | 1 (grey, given out as R = G = B)
+    # DB-VAE only: mu and log sigma^2 from their own dense layer on the conv features (DBVAE.latent), not from the
+    # classifier's head; set by the decoder tuning (training/decoder_tuning.py), which leaves the face logit as it is.
+    latent_branch: bool = False
 
     def __post_init__(self):
         self.filters, self.kernels = tuple(self.filters), tuple(self.kernels)
@@ -185,14 +189,32 @@ class DBVAE(nn.Module):
             ups.append(nn.ConvTranspose2d(chans[-1], cfg.decoder_channels, kernels[-1], stride=2,
                                           padding=kernels[-1] // 2, output_padding=1))
         self.decoder_conv = nn.Sequential(*ups)
+        # The latent branch (cfg.latent_branch): conv features [N, 1152] -> hidden -> (mu, log sigma^2) [N, 2D].
+        self.latent = nn.Sequential(nn.Linear(self.encoder[-3].in_features, cfg.hidden), nn.ReLU(inplace=True),
+                                    nn.Linear(cfg.hidden, 2 * d)) if cfg.latent_branch else None
 
     def encode(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        out = self.encoder(image)  # [N, 1 + 2D]
         d = self.cfg.latent_dim
-        logit = out[:, 0]  # [N]
-        mu = out[:, 1 : 1 + d]  # [N, D]
-        logvar = out[:, 1 + d :]  # [N, D]
-        return logit, mu, logvar
+        if self.latent is None:
+            out = self.encoder(image)  # [N, 1 + 2D]
+            return out[:, 0], out[:, 1 : 1 + d], out[:, 1 + d :]  # logit [N], mu [N, D], logvar [N, D]
+        features = self.encoder[:-3](image)  # [N, 1152]: front end, conv blocks, flatten, dropout
+        logit = self.encoder[-3:](features)[:, 0]  # [N]: the classifier's head, as without the branch
+        out = self.latent(features)  # [N, 2D]
+        return logit, out[:, :d], out[:, d:]
+
+    def branch_latent(self) -> DBVAE:
+        """Give mu and log sigma^2 their own dense layers (cfg.latent_branch), started as copies of the shared
+        head's, so the model computes exactly what it did; from then on they can train without moving the logit."""
+        if self.latent is not None:
+            return self
+        hidden, head, d = self.encoder[-3], self.encoder[-1], self.cfg.latent_dim
+        self.cfg = replace(self.cfg, latent_branch=True)
+        self.latent = nn.Sequential(copy.deepcopy(hidden), nn.ReLU(inplace=True), nn.Linear(head.in_features, 2 * d))
+        with torch.no_grad():
+            self.latent[2].weight.copy_(head.weight[1:])
+            self.latent[2].bias.copy_(head.bias[1:])
+        return self.to(head.weight.device)
 
     @staticmethod
     def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from training import distributed
+from training.checkpoint import save_tuned
 from training.config import TrainConfig
 from training.distributed import Dist
 from training.data.h5 import H5Source
 from training.data.sources import open_source, provenance, stratified_split
+from training.decoder_tuning import tune_decoder, tuning_faces
 from training.evaluation import evaluate_models
 from training.fairness import CardConfig, CardInputs
 from training.export import EXPORTERS
@@ -22,7 +24,7 @@ from training.localiser import LocaliserConfig
 from training.mining import mine
 from training.manifest import write_manifest
 from training.reporting import format_table
-from training.train import train_model
+from training.train import reconstruction_figures, train_model
 
 log = logging.getLogger("training")
 
@@ -39,6 +41,8 @@ def data_summary(cfg: TrainConfig, source: H5Source, train_idx, val_idx) -> dict
                        skipped_unreadable=getattr(source, "skipped", 0))
     else:
         summary.update(builtin_non_faces=cfg.builtin_non_faces, builtin_faces=cfg.builtin_faces)
+    if "dbvae" in cfg.model_list and cfg.tune_steps:
+        summary["tune_faces"] = tuning_faces(cfg)
     return summary
 
 
@@ -64,16 +68,31 @@ def open_data(cfg: TrainConfig, world: Dist) -> H5Source:
 
 
 def train_all(cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, val_idx: np.ndarray, world: Dist,
-              device, out_dir: Path, entries: dict) -> None:
-    """Train and (rank 0) export every model of --models; entries gets each one's manifest entry."""
+              device, out_dir: Path, entries: dict, tune: bool = True) -> None:
+    """Train and (rank 0) export every model of --models; entries gets each one's manifest entry. tune: the DB-VAE's
+    decoder tuning follows its training (rank 0; it never changes the scan graphs that mining uses)."""
     for kind in cfg.model_list:
         model, result = train_model(kind, cfg, source, train_idx, val_idx, world, device)
         if world.is_main:
+            metrics = {"val_torch": result["val"], "history": result["history"]}
+            if kind == "dbvae" and tune and cfg.tune_steps:
+                model, metrics["decoder_tuning"] = tuned(model, cfg, source, train_idx, val_idx, device)
             exported = EXPORTERS[kind](model, out_dir)
             log.info("%s exported, ONNX Runtime vs PyTorch max abs error %.1e", kind, exported["parity_max_abs_error"])
-            entries[kind] = {**exported, "threshold": cfg.threshold,
-                             "metrics": {"val_torch": result["val"], "history": result["history"]}}
+            entries[kind] = {**exported, "threshold": cfg.threshold, "metrics": metrics}
         world.barrier()
+
+
+def tuned(model, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, val_idx: np.ndarray, device):
+    """The DB-VAE after decoder tuning, put into checkpoints/dbvae.pt (checkpoint.save_tuned) -> (model, the
+    tuning's record with the held-out reconstruction figures before and after)."""
+    before = reconstruction_figures(model, source, val_idx, device, cfg.resample_batch)
+    model, record = tune_decoder(model, cfg, source, train_idx, device)
+    after = reconstruction_figures(model, source, val_idx, device, cfg.resample_batch)
+    keys = ("psnr_db", "ssim", "correlation_own", "identified_top1", "morph_ends_identified")
+    record["val_before"], record["val_after"] = ({k: r.get(k) for k in keys} for r in (before, after))
+    save_tuned(Path(cfg.checkpoint_dir) / "dbvae.pt", model, record)
+    return model, record
 
 
 def run(cfg: TrainConfig) -> dict | None:
@@ -91,7 +110,7 @@ def run(cfg: TrainConfig) -> dict | None:
                  f" | {world.world} processes, {device}" if world.enabled else "")
         out_dir = Path(cfg.out_dir)
         entries = existing_entries(out_dir, cfg.model_list) if world.is_main else {}
-        train_all(cfg, source, train_idx, val_idx, world, device, out_dir, entries)
+        train_all(cfg, source, train_idx, val_idx, world, device, out_dir, entries, tune=cfg.mine_rounds == 0)
         for round_ in range(1, cfg.mine_rounds + 1):
             # Hard negatives: the exported scan graphs' false alarms on face-free scenes, then every model again
             # from scratch with them among its training non-faces.
@@ -106,7 +125,8 @@ def run(cfg: TrainConfig) -> dict | None:
                      len(grown) - len(source))
             train_idx = np.r_[train_idx, np.arange(len(source), len(grown))]
             source = grown
-            train_all(replace(cfg, resume=False), source, train_idx, val_idx, world, device, out_dir, entries)
+            train_all(replace(cfg, resume=False), source, train_idx, val_idx, world, device, out_dir, entries,
+                      tune=round_ == cfg.mine_rounds)
     finally:
         distributed.shutdown()
     if not world.is_main:

@@ -254,8 +254,8 @@ def start(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, 
     ckpt_path = Path(cfg.checkpoint_dir) / f"{kind}.pt"
     if not (cfg.resume and ckpt_path.is_file()):
         return run, 0
-    resumed, ckpt = load_checkpoint(ckpt_path, map_location=device)
-    net.load_state_dict(resumed.state_dict())
+    ckpt = load_checkpoint(ckpt_path, map_location=device)[1]
+    net.load_state_dict(ckpt.get("trained_model_state", ckpt["model_state"]))  # before any decoder tuning
     run.opt.load_state_dict(ckpt["optimizer_state"])
     run.history, epoch = ckpt["history"], ckpt["epoch"]
     run.rng = np.random.default_rng([cfg.seed, epoch])
@@ -301,21 +301,22 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
 
 
 @torch.no_grad()
-def reconstruction_figures(run: Run, val_idx: np.ndarray) -> dict:
+def reconstruction_figures(net: DBVAE, source: H5Source, val_idx: np.ndarray, device: torch.device,
+                           batch: int = 256) -> dict:
     """The held-out faces (at most reconstruction.MAX_FACES) against decode(mu) in eval mode."""
-    faces_idx = val_idx[run.source.labels[val_idx] == 1][:MAX_FACES]
+    faces_idx = val_idx[source.labels[val_idx] == 1][:MAX_FACES]
     if not len(faces_idx):
         return {"faces": 0}
-    was_training = run.net.training
-    run.net.eval()
+    was_training = net.training
+    net.eval()
     faces, mus = [], []
-    for i in range(0, len(faces_idx), run.cfg.resample_batch):
-        images = torch.from_numpy(run.source.read(faces_idx[i:i + run.cfg.resample_batch]))
-        mus.append(run.net.encode(as_input(images, run.device))[1].cpu().numpy())  # [B, D]
+    for i in range(0, len(faces_idx), batch):
+        images = torch.from_numpy(source.read(faces_idx[i:i + batch]))
+        mus.append(net.encode(as_input(images, device))[1].cpu().numpy())  # [B, D]
         faces.append(images.numpy().astype(np.float32) / 255.0)
-    decode = lambda z: run.net.decode(torch.from_numpy(z).to(run.device)).permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
+    decode = lambda z: net.decode(torch.from_numpy(z).to(device)).permute(0, 2, 3, 1).cpu().numpy()  # noqa: E731
     figures = decoded_summary(np.concatenate(faces), np.concatenate(mus), decode)  # [N, H, W, 3] from [M, D]
-    run.net.train(was_training)
+    net.train(was_training)
     return figures
 
 
@@ -325,7 +326,7 @@ def validate(run: Run, val_idx: np.ndarray, record: dict) -> dict:
     prob = predict(run.net, run.source, val_idx, run.device, cfg.resample_batch, cfg.workers)
     val = binary_metrics(run.source.labels[val_idx], prob, cfg.threshold)
     if isinstance(run.net, DBVAE):
-        val["reconstruction"] = reconstruction_figures(run, val_idx)
+        val["reconstruction"] = reconstruction_figures(run.net, run.source, val_idx, run.device, cfg.resample_batch)
     record["val"] = val
     extra = ""
     if "resampling" in record:

