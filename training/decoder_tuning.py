@@ -32,6 +32,7 @@ from training.config import TrainConfig
 from training.data.builtin import packaged_low_res
 from training.data.h5 import H5Source
 from training.model import DBVAE, kl_loss, reconstruction_loss
+from training.train import as_input
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def tune_decoder(model: DBVAE, cfg: TrainConfig, source: H5Source, train_idx: np
                                     device=device)]
         if pool is not None:
             drawn = torch.cat([drawn, pool[torch.randint(len(pool), (half,), generator=gen, device=device)]])
-        x = light_view(drawn.permute(0, 3, 1, 2).float().div(255.0), cfg, gen)  # [B, 3, 64, 64]
+        x = light_view(as_input(drawn, device), cfg, gen)  # [B, 3, 64, 64]
         model.train()
         model.encoder.eval()  # frozen: batch norm keeps its running statistics, dropout is off
         _, mu, logvar = model.encode(x)

@@ -76,17 +76,19 @@ def train_all(cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, val_idx
         if world.is_main:
             metrics = {"val_torch": result["val"], "history": result["history"]}
             if kind == "dbvae" and tune and cfg.tune_steps:
-                model, metrics["decoder_tuning"] = tuned(model, cfg, source, train_idx, val_idx, device)
+                model, metrics["decoder_tuning"] = tuned(model, cfg, source, train_idx, val_idx, device,
+                                                         result["val"]["reconstruction"])
             exported = EXPORTERS[kind](model, out_dir)
             log.info("%s exported, ONNX Runtime vs PyTorch max abs error %.1e", kind, exported["parity_max_abs_error"])
             entries[kind] = {**exported, "threshold": cfg.threshold, "metrics": metrics}
         world.barrier()
 
 
-def tuned(model, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, val_idx: np.ndarray, device):
+def tuned(model, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, val_idx: np.ndarray, device,
+          before: dict):
     """The DB-VAE after decoder tuning, put into checkpoints/dbvae.pt (checkpoint.save_tuned) -> (model, the
-    tuning's record with the held-out reconstruction figures before and after)."""
-    before = reconstruction_figures(model, source, val_idx, device, cfg.resample_batch)
+    tuning's record with the held-out reconstruction figures before (the last epoch's validation, `before`) and
+    after)."""
     model, record = tune_decoder(model, cfg, source, train_idx, device)
     after = reconstruction_figures(model, source, val_idx, device, cfg.resample_batch)
     keys = ("psnr_db", "ssim", "correlation_own", "identified_top1", "morph_ends_identified")

@@ -71,13 +71,13 @@ def provenance(data: dict) -> dict:
         tuned = not every and data.get("tune_faces") == "packaged"  # the faces only the DB-VAE's decoder tuning sees
         faces = lfw + (packaged if every else "") + ("; for the DB-VAE's decoder tuning (reconstruction alone, not "
                                                       "the classifier) also" + packaged[1:] if tuned else "")
-        every = every or tuned
+        with_packaged = every or tuned
         return {"source": "builtin", "faces": faces,
                 "non_faces": "lfw_subset's 100 LFW background patches and crops of the people-free sample pictures "
                 "shipped with scikit-image and scikit-learn (licences per picture in their packages; scikit-learn's "
                 "china.jpg and flower.jpg: CC BY 2.0), plus hard negatives mined from the same pictures",
                 "licence": ("LFW and ORL state no licence for their images, and the portraits' package licence covers "
-                            "its code, not the photos" if every else "LFW states no licence for its images")
+                            "its code, not the photos" if with_packaged else "LFW states no licence for its images")
                 + "; treat uses beyond research as unclear",
                 "commercial_use": "unclear"}
     entry = {"source": name, "path": data.get("path") or data.get("faces", ""), "licence": "not known to this "
