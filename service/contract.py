@@ -16,9 +16,17 @@ GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
     "decoder": (LATENT_INPUT, ("image",)),
     # the localiser's scan graph: image [N, 3, H, W] (H, W multiples of 16) -> face logit map [N, H/16-3, W/16-3]
     "scanner": (IMAGE_INPUT, ("logit_map",)),
+    # the fast scan (training/fast_scan.py), stage 1: level [N, C, H, W] (C = 1 luma for grey models, else 3)
+    # -> approximate logit map [N, H/16-3, W/16-3] and conv features [N, 72, H/16, W/16]
+    "fast_scan": (IMAGE_INPUT, ("approx_logit_map", "features")),
+    # stage 2: the features of K windows [K, 72, 4, 4] -> their exact face logits [K]
+    "window_head": ("features", ("logit",)),
 }
 # model -> the graph roles the service needs from it (other graphs or models in the manifest are ignored).
 MODEL_GRAPHS: dict[str, tuple[str, ...]] = {"cnn": ("classifier", "scanner"),
                                             "dbvae": ("encoder", "decoder", "scanner")}
+# The fast scan's graphs: used where a model's manifest entry has both and its "fast_scan" record (manifests from
+# before it have neither, and are scanned by the scanner alone).
+FAST_SCAN_GRAPHS: tuple[str, ...] = ("fast_scan", "window_head")
 # model -> the graph whose "logit" output is the face logit.
 SCORING_GRAPH: dict[str, str] = {"cnn": "classifier", "dbvae": "encoder"}

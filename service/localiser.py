@@ -1,4 +1,5 @@
-"""Find every face in a photo with a model's scan graph: an image pyramid, one ONNX Runtime run per level,
+"""Find every face in a photo with a model's scan graph: an image pyramid, one ONNX Runtime run per level (through
+the model's fast scan where the manifest has one, service/fast_scan.py: on the photo's luma if it takes luma),
 then non-maximum suppression with each kept box averaged (by score) with the boxes it suppressed. Those merged
 boxes are candidates: each is refined and verified by cutting its square out at a small grid of shifts and
 sizes and scoring the 64x64 crops with the same graph (on one window it is the crop classifier); the best crop
@@ -56,16 +57,17 @@ def pyramid(width: int, height: int, cfg: Localiser, min_face: int, max_pixels: 
 
 
 def level_pixels(image: Image.Image, scale: float, stride: int) -> np.ndarray:
-    """The photo resized by `scale`, edge-padded to multiples of `stride`: uint8 [H, W, 3]."""
+    """The photo (RGB, or its luma for a fast scan that takes luma) resized by `scale`, edge-padded to multiples
+    of `stride`: uint8 [H, W, C]."""
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    arr = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR))
+    arr = np.atleast_3d(np.asarray(image.resize((w, h), Image.Resampling.BILINEAR)))
     return np.pad(arr, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="edge")
 
 
 def scan_level(runtime: Runtime, model: str, level: np.ndarray, cfg: Localiser,
                band_pixels: int = SCAN_BAND_PIXELS) -> np.ndarray:
-    """A level uint8 [H, W, 3] -> its face logit map [H/stride - k + 1, W/stride - k + 1] (k = window / stride),
-    scanned in bands of about `band_pixels` pixels, context included."""
+    """A level uint8 [H, W, C] -> its face logit map [H/stride - k + 1, W/stride - k + 1] (k = window / stride),
+    exact from the scan threshold on, scanned in bands of about `band_pixels` pixels, context included."""
     height, width = level.shape[:2]
     rows = height // cfg.stride - cfg.window // cfg.stride + 1
     per_band = band_rows(width, cfg, band_pixels)
@@ -77,7 +79,7 @@ def scan_level(runtime: Runtime, model: str, level: np.ndarray, cfg: Localiser,
         band = np.ascontiguousarray(level[top:bottom].transpose(2, 0, 1))[None].astype(np.float32)  # [1, 3, h, W]
         band /= np.float32(255.0)
         skip = (first * cfg.stride - top) // cfg.stride
-        maps.append(runtime.scan(model, band)[skip:skip + last - first])
+        maps.append(runtime.scan_band(model, band)[skip:skip + last - first])
     return np.concatenate(maps)
 
 
@@ -186,8 +188,10 @@ def locate(runtime: Runtime, model: str, image: Image.Image, threshold: float, m
     cfg = runtime.manifest.localiser
     w, h = image.size
     found, best = [], 0.0
+    fast = runtime.manifest.models[model].fast_scan if runtime.has_fast_scan(model) else None
+    scanned = image.convert("L") if fast is not None and fast.input == "luma" else image
     for scale in pyramid(w, h, cfg, min_face, max_pixels):
-        prob = sigmoid(scan_level(runtime, model, level_pixels(image, scale, cfg.stride), cfg))
+        prob = sigmoid(scan_level(runtime, model, level_pixels(scanned, scale, cfg.stride), cfg))
         best = max(best, float(prob.max(initial=0.0)))
         found.append(windows(prob, scale, cfg, cfg.scan_threshold))
     boxes = np.concatenate(found) if found else np.zeros((0, 5))

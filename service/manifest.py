@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.contract import MODEL_GRAPHS
+from service.contract import FAST_SCAN_GRAPHS, MODEL_GRAPHS
 from service.schemas import Manifest
 
 
@@ -47,6 +47,12 @@ def load_manifest(models_dir: Path) -> Manifest:
             if file is None:
                 raise ModelError(f"{path}: model '{model}' has no '{graph}' graph")
             verify_file(models_dir, manifest, file)
+        if manifest.models[model].fast_scan is not None:
+            for graph in FAST_SCAN_GRAPHS:
+                file = manifest.models[model].graphs.get(graph)
+                if file is None:
+                    raise ModelError(f"{path}: model '{model}' has a fast_scan record but no '{graph}' graph")
+                verify_file(models_dir, manifest, file)
     return manifest
 
 

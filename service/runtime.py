@@ -11,13 +11,22 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import GRAPH_IO, IMAGE_INPUT, MODEL_GRAPHS, SCORING_GRAPH
+from service.contract import FAST_SCAN_GRAPHS, GRAPH_IO, IMAGE_INPUT, MODEL_GRAPHS, SCORING_GRAPH
+from service.fast_scan import band_logits
 from service.manifest import ModelError, load_manifest
 from service.schemas import Manifest
 from service.settings import Settings
 
 log = logging.getLogger("service.runtime")
 WARM_UP_LEVEL = 256  # px: the side of the level each scan graph is timed on at warm-up
+# The window head (the fast scan's stage 2) runs up to this many windows at once (service/fast_scan.py).
+WINDOW_HEAD_BATCH = 4096
+# Graph roles that run one pyramid level (or band) of one photo at a time: their shapes vary, their batch does not.
+LEVEL_ROLES = ("scanner", "fast_scan")
+# Graph roles a photo's scan alternates between: their intra-op threads do not spin after a run, or they would
+# take the cores from the next role's run (1920x1280 photos 1.30 -> 0.97 s in training's copy of the localiser).
+# The crop graphs keep spinning: back-to-back micro-batches of one graph are what it helps.
+SCAN_ROLES = ("scanner", "fast_scan", "window_head")
 
 
 def sigmoid(logit: np.ndarray) -> np.ndarray:
@@ -82,14 +91,15 @@ class Runtime:
         # A micro-batch holds up to micro_batch_max images; 2: morph encodes a and b together.
         image_batch = max(settings.max_images_per_request, settings.micro_batch_max, 2)
         graphs: dict[str, Graph] = {}
-        for model, roles in MODEL_GRAPHS.items():
-            for role in roles:
+        for model, required in MODEL_GRAPHS.items():
+            fast = manifest.models[model].fast_scan is not None
+            for role in (*required, *(FAST_SCAN_GRAPHS if fast else ())):
                 file = manifest.models[model].graphs[role]
-                session = open_session(settings, file, providers)
-                check_contract(session, file, role, manifest)
+                session = open_session(settings, file, providers, spin=role not in SCAN_ROLES)
+                check_contract(session, file, role, manifest, model)
                 name_in, names_out = GRAPH_IO[role]
-                # A scan graph runs one pyramid level of one photo at a time: its shapes vary, its batch does not.
-                largest = 1 if role == "scanner" else image_batch if name_in == IMAGE_INPUT else settings.max_morph_steps
+                largest = (1 if role in LEVEL_ROLES else WINDOW_HEAD_BATCH if role == "window_head" else
+                           image_batch if name_in == IMAGE_INPUT else settings.max_morph_steps)
                 key = f"{model}.{role}"
                 graphs[key] = Graph(key, file, session, name_in, names_out, batch_buckets(largest))
                 log.info("loaded %s from %s on %s", key, file, session.get_providers())
@@ -98,13 +108,14 @@ class Runtime:
     def warm_up(self) -> None:
         """One inference per graph at every batch size the service uses, so no request pays first-run costs."""
         for graph in self.graphs.values():
-            shape = (3, self.size, self.size) if graph.input == IMAGE_INPUT else (self.manifest.latent_dim,)
+            shape = graph_item_shape(graph.session)
             for b in graph.buckets:
                 graph.run(np.zeros((b, *shape), dtype=np.float32))
                 graph.warmed_batch_sizes.append(b)
-        for model in self.manifest.models:  # and one larger level per scan graph, timed
-            level = np.zeros((1, 3, WARM_UP_LEVEL, WARM_UP_LEVEL), dtype=np.float32)
-            seconds = min(_timed(self.scan, model, level) for _ in range(3))
+        for model in MODEL_GRAPHS:  # and one larger level per model, timed through the scan it will use
+            channels = graph_item_shape(self.level_graph(model).session)[0]
+            level = np.zeros((1, channels, WARM_UP_LEVEL, WARM_UP_LEVEL), dtype=np.float32)
+            seconds = min(_timed(self.scan_band, model, level) for _ in range(3))
             self.scan_seconds_per_pixel = max(self.scan_seconds_per_pixel, seconds / WARM_UP_LEVEL ** 2)
         self.warmed_up = True
         log.info("warm-up done: %s", {k: g.warmed_batch_sizes for k, g in self.graphs.items()})
@@ -138,6 +149,29 @@ class Runtime:
     def scan(self, model: str, level: np.ndarray) -> np.ndarray:
         """One pyramid level float32 [1, 3, H, W] (H, W multiples of the stride) -> face logit map [H', W']."""
         return self.graphs[f"{model}.scanner"].run(level)["logit_map"][0]
+
+    def has_fast_scan(self, model: str) -> bool:
+        return f"{model}.fast_scan" in self.graphs
+
+    def level_graph(self, model: str) -> Graph:
+        """The graph a model's pyramid levels are scanned with: its fast scan's stage 1, else its scanner."""
+        return self.graphs[f"{model}.fast_scan" if self.has_fast_scan(model) else f"{model}.scanner"]
+
+    def scan_band(self, model: str, band: np.ndarray) -> np.ndarray:
+        """One band of a level, float32 [1, C, H, W] -> its face logit map, exact from the scan threshold on:
+        through the fast scan where the model has one (C from its input), else the scanner (C = 3)."""
+        if not self.has_fast_scan(model):
+            return self.scan(model, band)
+        return band_logits(self, model, band, self.manifest.localiser.scan_threshold)
+
+    def fast_scan(self, model: str, band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1: a band [1, C, H, W] -> (approximate logit map [H', W'], conv features [72, H/16, W/16])."""
+        out = self.graphs[f"{model}.fast_scan"].run(band)
+        return out["approx_logit_map"][0], out["features"][0]
+
+    def window_logits(self, model: str, features: np.ndarray) -> np.ndarray:
+        """Stage 2: windows' conv features float32 [K, 72, 4, 4] -> their exact face logits [K]."""
+        return self.graphs[f"{model}.window_head"].run(features)["logit"].reshape(len(features))
 
     def scan_windows(self, model: str, crops: np.ndarray) -> np.ndarray:
         """float32 [N, 3, S, S] crops -> face logit [N]: the scan graph on whole windows is the crop classifier."""
@@ -177,10 +211,12 @@ def choose_providers(requested: list[str]) -> list[str]:
     return chosen or ["CPUExecutionProvider"]
 
 
-def open_session(settings: Settings, file: str, providers: list[str]) -> ort.InferenceSession:
+def open_session(settings: Settings, file: str, providers: list[str], spin: bool = True) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = 1
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # ORT's own warnings (e.g. CUDA fallback) are reported by us instead
     path = settings.models_dir / file
     try:
@@ -190,7 +226,12 @@ def open_session(settings: Settings, file: str, providers: list[str]) -> ort.Inf
         raise ModelError(f"{path}: ONNX Runtime cannot load it: {first_line}") from None
 
 
-def check_contract(session: ort.InferenceSession, file: str, role: str, manifest: Manifest) -> None:
+def graph_item_shape(session: ort.InferenceSession) -> tuple[int, ...]:
+    """The shape of one input item a graph was exported for; a dynamic (spatial) axis counts as 64."""
+    return tuple(d if isinstance(d, int) else 64 for d in session.get_inputs()[0].shape[1:])
+
+
+def check_contract(session: ort.InferenceSession, file: str, role: str, manifest: Manifest, model: str) -> None:
     want_in, want_out = GRAPH_IO[role]
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
@@ -199,10 +240,15 @@ def check_contract(session: ort.InferenceSession, file: str, role: str, manifest
                          f"contract for a {role} (inputs {[want_in]}, outputs {list(want_out)})")
     shape = inputs[want_in].shape
     size = manifest.input.size
-    expected = [3, size, size] if want_in == IMAGE_INPUT else [manifest.latent_dim]
+    if role == "fast_scan":
+        expected = [1 if manifest.models[model].fast_scan.input == "luma" else 3, size, size]
+    elif role == "window_head":
+        expected = [None, 4, 4]  # [K, channels, 4, 4]: the channels are the model's own
+    else:
+        expected = [3, size, size] if want_in == IMAGE_INPUT else [manifest.latent_dim]
     if isinstance(shape[0], int) or len(shape) != 1 + len(expected):
         raise ModelError(f"{file}: input shape {shape} must be [N, {', '.join(map(str, expected))}] "
                          "with a dynamic batch axis N")
-    fixed = [d for d, e in zip(shape[1:], expected) if isinstance(d, int) and d != e]
+    fixed = [d for d, e in zip(shape[1:], expected) if isinstance(d, int) and e is not None and d != e]
     if fixed:
         raise ModelError(f"{file}: input shape {shape} does not match [N, {', '.join(map(str, expected))}]")

@@ -57,6 +57,15 @@ class FairnessCard(BaseModel):
     calibration: dict[str, Any] = Field(default_factory=dict, description="reliability curve data")
 
 
+class FastScan(BaseModel):
+    """A model's fast scan (training/fast_scan.py): what its stage-1 graph takes, and its low-rank error measured
+    at export."""
+
+    input: Literal["luma", "rgb"]  # luma: the level is the photo's PIL "L" image, one channel
+    rank: int = Field(gt=0)
+    max_error_near_threshold: float = Field(ge=0.0)
+
+
 class ManifestModel(BaseModel):
     version: str
     threshold: float = Field(ge=0.0, le=1.0)
@@ -66,6 +75,7 @@ class ManifestModel(BaseModel):
     # The decoder's images (DB-VAE only): grey ones hold R = G = B and are served as one-channel pictures.
     # Manifests from before it was written had RGB decoders.
     output_colour: Literal["rgb", "grey"] = "rgb"
+    fast_scan: FastScan | None = None  # with its two graphs; manifests from before it have none
 
 
 class ManifestFile(BaseModel):
@@ -90,6 +100,8 @@ class Localiser(BaseModel):
     refine_shifts: list[float] = Field(min_length=1)
     refine_scales: list[float] = Field(min_length=1)
     crop_max_side: int = Field(gt=0)
+    # The fast scan's exact stage scores every window whose approximate logit is within this of scan_threshold's.
+    fast_scan_margin: float = Field(2.0, gt=0.0)
 
 
 class Manifest(BaseModel):

@@ -21,6 +21,7 @@ def test_both_sides_describe_the_same_graphs() -> None:
     assert served.LATENT_INPUT == trained.LATENT_INPUT
     assert served.GRAPH_IO == trained.GRAPH_IO
     assert served.MODEL_GRAPHS == trained.MODEL_GRAPHS
+    assert served.FAST_SCAN_GRAPHS == trained.FAST_SCAN_GRAPHS
     assert served.SCORING_GRAPH == trained.SCORING_GRAPH
 
 

@@ -240,7 +240,8 @@ def test_the_scan_budget_setting_bounds_what_detect_scans(make_settings) -> None
 @pytest.mark.parametrize("model", ["dbvae", "cnn"])
 def test_a_level_scanned_in_bands_scores_exactly_as_in_one_run(model: str) -> None:
     """The committed scan graphs (their convolutions see past a window's edge) on a real 1920x1280 photo's first
-    level: bands with their context rows give the whole level's logit map, band by band, whatever the band size."""
+    level, through the scan the service uses (the fast scan, on luma): bands with their context rows give the
+    whole level's logit map, band by band, whatever the band size."""
     from service.localiser import band_rows, band_size, level_pixels, scan_level
     from service.runtime import Runtime
     from service.settings import Settings
@@ -248,10 +249,11 @@ def test_a_level_scanned_in_bands_scores_exactly_as_in_one_run(model: str) -> No
     runtime = Runtime.load(Settings(models_dir=Path(__file__).resolve().parents[1] / "models",
                                     providers=["CPUExecutionProvider"], workers=1))
     cfg = runtime.manifest.localiser
-    photo = Image.fromarray(load_sample_image("china.jpg")).resize((1920, 1280))
+    assert runtime.has_fast_scan(model)
+    photo = Image.fromarray(load_sample_image("china.jpg")).resize((1920, 1280)).convert("L")
     level = level_pixels(photo, cfg.window / cfg.min_face_size, cfg.stride)  # 3072 x 2048, multiples of 16
-    assert level.shape == (2048, 3072, 3) and level.dtype == np.uint8
-    whole = runtime.scan(model, (level.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32))
+    assert level.shape == (2048, 3072, 1) and level.dtype == np.uint8
+    whole = runtime.scan_band(model, (level.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32))
     for band_pixels in (600_000, 1024 * 1024):  # 5 and 14 rows of windows a band
         assert band_rows(3072, cfg, band_pixels) == (band_pixels // 3072 - 64 - 64) // 16 + 1
         assert band_size(3072, 2048, cfg, band_pixels) <= band_pixels

@@ -3,6 +3,7 @@ write the manifest, evaluate the exported files on the held-out split. Plus trap
 
 import hashlib
 import json
+import shutil
 
 import numpy as np
 import onnx
@@ -313,3 +314,31 @@ def test_worker_processes_read_the_same_batches(cache):
     p2, mu2 = predict(model, source, idx, torch.device("cpu"), batch=16, workers=2, with_mu=True)
     np.testing.assert_array_equal(p0, p2)
     torch.testing.assert_close(mu0, mu2, rtol=0, atol=0)
+
+
+def test_reexport_writes_the_fast_scan_from_the_checkpoints_and_keeps_the_records(trained, tmp_path, capsys):
+    from training.data.packaged import weights_digest
+    from training.reexport import main as reexport_main
+
+    models = tmp_path / "models"
+    shutil.copytree(trained / "models", models)
+    before = json.loads((models / "manifest.json").read_text())
+    assert {"fast_scan", "window_head"} <= set(before["models"]["dbvae"]["graphs"])  # training exported it too
+    for entry in before["models"].values():  # as a manifest from before the fast scan
+        entry.pop("fast_scan")
+        for role in ("fast_scan", "window_head"):
+            (models / entry["graphs"].pop(role)).unlink()
+    (models / "manifest.json").write_text(json.dumps(before))
+    assert reexport_main(["--checkpoints", str(trained / "ckpt"), "--models", str(models)]) == 0
+    after = json.loads((models / "manifest.json").read_text())
+    assert capsys.readouterr().out.strip().endswith(f"written to {models}/")
+    for kind, entry in after["models"].items():
+        assert entry["fast_scan"]["input"] == "luma" and entry["fast_scan"]["rank"] >= 64
+        assert entry["graphs"]["fast_scan"] == f"{kind}_fast_scan.onnx" and (models / entry["graphs"]["window_head"]).is_file()
+        assert entry["metrics"] == before["models"][kind]["metrics"] and entry["threshold"] == before["models"][kind]["threshold"]
+        scan = entry["graphs"]["scanner"]  # the same weights as training exported
+        assert weights_digest(models / scan) == weights_digest(trained / "models" / scan)
+    assert after["data"] == before["data"] and after["created"] == before["created"]
+    assert after["localiser"]["fast_scan_margin"] == 2.0
+    assert reexport_main(["--checkpoints", str(tmp_path / "none"), "--models", str(models)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err

@@ -18,13 +18,23 @@ GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
     "decoder": (LATENT_INPUT, ("image",)),
     # the localiser's scan graph: image [N, 3, H, W] (H, W multiples of 16) -> face logit map [N, H/16-3, W/16-3]
     "scanner": (IMAGE_INPUT, ("logit_map",)),
+    # the fast scan (training/fast_scan.py), stage 1: level [N, C, H, W] (C = 1 luma for grey models, else 3)
+    # -> approximate logit map [N, H/16-3, W/16-3] and conv features [N, 72, H/16, W/16]
+    "fast_scan": (IMAGE_INPUT, ("approx_logit_map", "features")),
+    # stage 2: the features of K windows [K, 72, 4, 4] -> their exact face logits [K]
+    "window_head": ("features", ("logit",)),
 }
 # model -> graph role -> file in models/
 MODEL_FILES: dict[str, dict[str, str]] = {
-    "cnn": {"classifier": "cnn.onnx", "scanner": "cnn_scan.onnx"},
-    "dbvae": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx", "scanner": "dbvae_scan.onnx"},
+    "cnn": {"classifier": "cnn.onnx", "scanner": "cnn_scan.onnx", "fast_scan": "cnn_fast_scan.onnx",
+            "window_head": "cnn_window_head.onnx"},
+    "dbvae": {"encoder": "dbvae_encoder.onnx", "decoder": "dbvae_decoder.onnx", "scanner": "dbvae_scan.onnx",
+              "fast_scan": "dbvae_fast_scan.onnx", "window_head": "dbvae_window_head.onnx"},
 }
-MODEL_GRAPHS: dict[str, tuple[str, ...]] = {model: tuple(files) for model, files in MODEL_FILES.items()}
+# The fast scan's graphs (training/fast_scan.py): optional for a reader, as manifests from before them lack them.
+FAST_SCAN_GRAPHS: tuple[str, ...] = ("fast_scan", "window_head")
+MODEL_GRAPHS: dict[str, tuple[str, ...]] = {model: tuple(r for r in files if r not in FAST_SCAN_GRAPHS)
+                                            for model, files in MODEL_FILES.items()}
 # model -> the graph whose "logit" output is the face logit
 SCORING_GRAPH: dict[str, str] = {"cnn": "classifier", "dbvae": "encoder"}
 

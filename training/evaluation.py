@@ -169,7 +169,7 @@ def evaluate_photos(models_dir: Path, manifest: dict, photos: Path, boxes_csv: P
                        "difficult": sum(1 for t in truth.values() for b in t if b[4]), "folder": str(photos),
                        "boxes": str(boxes_csv)}, "localiser": cfg.to_dict(), "models": {}}
     for kind, entry in manifest["models"].items():
-        localiser = Localiser(models_dir / entry["graphs"]["scanner"], cfg)
+        localiser = Localiser.for_model(models_dir, entry, cfg)
         result["models"][kind] = {"version": entry.get("version"), **score_photos(localiser.locate, images, truth)}
     return result
 

@@ -108,7 +108,9 @@ def export_cnn(model: FaceCNN, out_dir: Path) -> dict:
     err = export_graph(for_export(model), example, out_dir / files["classifier"], name_in, list(names_out),
                        reference=model)
     err_scan = export_scanner(model, out_dir / files["scanner"])
-    return {"graphs": dict(files), "parity_max_abs_error": max(err, err_scan)}
+    fast = export_fast(model, out_dir, files)
+    return {"graphs": dict(files), "parity_max_abs_error": max(err, err_scan, fast["parity_max_abs_error"]),
+            "fast_scan": fast}
 
 
 def export_dbvae(model: DBVAE, out_dir: Path) -> dict:
@@ -122,8 +124,19 @@ def export_dbvae(model: DBVAE, out_dir: Path) -> dict:
                            enc_in, list(enc_out), reference=EncoderGraph(model))
     err_dec = export_graph(DecoderGraph(model), torch.randn(2, d), out_dir / files["decoder"], dec_in, list(dec_out))
     err_scan = export_scanner(model, out_dir / files["scanner"])
-    return {"graphs": dict(files), "parity_max_abs_error": max(err_enc, err_dec, err_scan),
-            "output_colour": "grey" if model.cfg.decoder_channels == 1 else "rgb"}
+    fast = export_fast(model, out_dir, files)
+    return {"graphs": dict(files), "parity_max_abs_error": max(err_enc, err_dec, err_scan, fast["parity_max_abs_error"]),
+            "output_colour": "grey" if model.cfg.decoder_channels == 1 else "rgb", "fast_scan": fast}
+
+
+def export_fast(model: FaceCNN | DBVAE, out_dir: Path, files: dict) -> dict:
+    """The fast scan's two graphs (training/fast_scan.py), at the localiser's rank and margin."""
+    from training.fast_scan import export_fast_scan
+    from training.localiser import LocaliserConfig
+
+    cfg = LocaliserConfig()
+    return export_fast_scan(model, out_dir / files["fast_scan"], out_dir / files["window_head"],
+                            cfg.fast_scan_rank, cfg.fast_scan_margin, cfg.scan_threshold)
 
 
 EXPORTERS = {"cnn": export_cnn, "dbvae": export_dbvae}

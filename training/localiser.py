@@ -35,6 +35,7 @@ from PIL import Image
 from torch import nn
 
 from training.contract import GRAPH_IO, IMAGE_SIZE
+from training.fast_scan import survivors, window_features
 from training.metrics import sigmoid
 from training.model import DBVAE, FaceCNN
 
@@ -70,6 +71,13 @@ class LocaliserConfig:
     refine_shifts: tuple[float, ...] = (0.0, -0.1, 0.1)
     refine_scales: tuple[float, ...] = (1.0, 0.9, 1.1)
     crop_max_side: int = 2 * IMAGE_SIZE  # an image no larger than this is a crop: one box, the centre square
+    # The fast scan (training/fast_scan.py): the dense layer at this rank (or the smallest double of it whose
+    # error on real pictures is at most half the margin, fast_scan.choose_rank) over the whole level, then exactly
+    # at the windows whose approximate logit is within this margin of scan_threshold's logit. Picked on 18.6 k
+    # windows of bench/photos with the committed DB-VAE: rank 64 was off by at most 0.93 in logit (rank 32: 2.1),
+    # and a margin of 2.0 left about 4 % of positions to the exact stage.
+    fast_scan_rank: int = 64
+    fast_scan_margin: float = 2.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -148,13 +156,14 @@ def pyramid(width: int, height: int, cfg: LocaliserConfig, min_face: int | None 
 
 
 def level_input(image: Image.Image, scale: float, stride: int) -> np.ndarray:
-    """The photo resized by `scale` and padded (edge pixels repeated) to multiples of `stride`:
-    float32 [1, 3, H, W] in [0, 1]."""
+    """The photo (RGB, or luma for the fast scan) resized by `scale` and padded (edge pixels repeated) to multiples
+    of `stride`: float32 [1, C, H, W] in [0, 1]."""
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
-    arr = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / np.float32(255.0)
-    pad_h, pad_w = -h % stride, -w % stride
-    arr = np.pad(arr, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-    return np.ascontiguousarray(arr.transpose(2, 0, 1)[None])
+    arr = np.atleast_3d(np.asarray(image.resize((w, h), Image.Resampling.BILINEAR)))  # uint8 [h, w, C]
+    arr = np.pad(arr, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="edge")  # padded as bytes: cheaper
+    x = np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32)
+    x /= np.float32(255.0)
+    return x
 
 
 def windows(logits: np.ndarray, scale: float, cfg: LocaliserConfig, floor: float) -> np.ndarray:
@@ -254,17 +263,29 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 class Localiser:
-    """One exported scan graph and the config to run it: `locate(image)` -> faces in the photo's pixels."""
+    """One exported scan graph and the config to run it: `locate(image)` -> faces in the photo's pixels. With
+    `fast` (the model's fast-scan graphs, training/fast_scan.py) the pyramid is scanned by those; the refining
+    crops are always scored by the scan graph itself."""
 
-    def __init__(self, scan_graph, cfg: LocaliserConfig, threads: int = 0):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(scan_graph), options, providers=["CPUExecutionProvider"])
-        self.cfg = cfg
+    def __init__(self, scan_graph, cfg: LocaliserConfig, threads: int = 0, fast: FastGraphs | None = None):
+        self.session = session(scan_graph, threads)
+        self.cfg, self.fast = cfg, fast
+
+    @classmethod
+    def for_model(cls, models_dir: Path, entry: dict, cfg: LocaliserConfig, threads: int = 0) -> Localiser:
+        """A manifest entry's localiser: the fast scan where the entry has one (older manifests do not)."""
+        fast = FastGraphs.from_entry(models_dir, entry, threads) if "fast_scan" in entry else None
+        return cls(models_dir / entry["graphs"]["scanner"], cfg, threads, fast)
 
     def logit_map(self, x: np.ndarray) -> np.ndarray:
         name_in, (name_out,) = GRAPH_IO["scanner"]
         return self.session.run([name_out], {name_in: x})[0][0]
+
+    def level_logits(self, image: Image.Image, scale: float, floor: float) -> np.ndarray:
+        """One pyramid level's logit map, exact wherever it reaches `floor` (with the fast scan, `image` is the
+        photo's luma where its input is luma)."""
+        x = level_input(image, scale, self.cfg.stride)
+        return self.logit_map(x) if self.fast is None else self.fast.logit_map(x, floor, self.cfg.fast_scan_margin)
 
     def locate(self, image: Image.Image, threshold: float | None = None, min_face: int | None = None,
                max_faces: int | None = None) -> np.ndarray:
@@ -303,6 +324,51 @@ class Localiser:
 
     def windows(self, image: Image.Image, floor: float, min_face: int | None = None) -> np.ndarray:
         """Every window of every pyramid level scoring at least `floor`, before merging: [K, 5] photo px."""
-        found = [windows(self.logit_map(level_input(image, s, self.cfg.stride)), s, self.cfg, floor)
+        scanned = self.fast.level_image(image) if self.fast is not None else image
+        found = [windows(self.level_logits(scanned, s, floor), s, self.cfg, floor)
                  for s in pyramid(image.width, image.height, self.cfg, min_face)]
         return np.concatenate(found) if found else np.zeros((0, 5))
+
+
+def session(graph, threads: int = 0) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # A photo alternates between sessions (stage 1, stage 2, the refining crops); threads left spinning after one
+    # session's run take the cores from the next one's: 1920x1280 photos 1.30 -> 0.97 s, 640x480 0.33 -> 0.20 s.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+
+# Windows scored per run of the window head: 4096 x 72 x 4 x 4 float32 is 19 MB of features.
+HEAD_BATCH = 4096
+
+
+@dataclass
+class FastGraphs:
+    """A model's two fast-scan graphs (training/fast_scan.py) and what its level looks like."""
+
+    scan: ort.InferenceSession
+    head: ort.InferenceSession
+    luma: bool  # the level is the photo's luma (PIL "L"), else RGB
+
+    @classmethod
+    def from_entry(cls, models_dir: Path, entry: dict, threads: int = 0) -> FastGraphs:
+        graphs = entry["graphs"]
+        return cls(session(models_dir / graphs["fast_scan"], threads), session(models_dir / graphs["window_head"],
+                   threads), entry["fast_scan"]["input"] == "luma")
+
+    def level_image(self, image: Image.Image) -> Image.Image:
+        return image.convert("L") if self.luma else image
+
+    def logit_map(self, x: np.ndarray, floor: float, margin: float) -> np.ndarray:
+        """A level [1, C, H, W] -> its logit map [H/16 - 3, W/16 - 3]: stage 1's, with stage 2's exact logits
+        at every position within `margin` of `floor`'s logit."""
+        scan_in, scan_out = GRAPH_IO["fast_scan"]
+        head_in, (head_out,) = GRAPH_IO["window_head"]
+        approx, features = self.scan.run(list(scan_out), {scan_in: x})
+        logits = approx[0]
+        rows, cols = survivors(logits, floor, margin)
+        for start in range(0, len(rows), HEAD_BATCH):
+            r, c = rows[start:start + HEAD_BATCH], cols[start:start + HEAD_BATCH]
+            logits[r, c] = self.head.run([head_out], {head_in: window_features(features[0], r, c)})[0]
+        return logits

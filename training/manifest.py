@@ -28,9 +28,10 @@ def library_versions() -> dict:
 
 
 def write_manifest(out_dir: Path, models: dict, latent_dim: int, data: dict, training: dict,
-                   localiser: dict) -> dict:
+                   localiser: dict, created: str | None = None) -> dict:
     """models: {"cnn": {"graphs": ..., "threshold": ..., "metrics": ...}, "dbvae": {...}}; each model's version
-    is derived from its graphs' hashes. localiser: how the scan graphs are run (training.localiser)."""
+    is derived from its graphs' hashes. localiser: how the scan graphs are run (training.localiser). created:
+    when the models were trained and evaluated (now, unless given: training.reexport keeps the training's)."""
     files = {}
     for entry in models.values():
         for fname in entry["graphs"].values():
@@ -41,7 +42,7 @@ def write_manifest(out_dir: Path, models: dict, latent_dim: int, data: dict, tra
         entry["version"] = f"{kind}-{digest.hexdigest()[:8]}"
     manifest = {
         "format_version": MANIFEST_VERSION,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": created or datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "input": INPUT,
         "latent_dim": latent_dim,
         "localiser": localiser,
