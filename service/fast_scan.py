@@ -22,7 +22,7 @@ HEAD_BATCH = 4096
 
 def survivors(approx: np.ndarray, floor: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Positions of an approximate logit map [h, w] within `margin` of the logit of probability `floor`, or above."""
-    limit = np.log(floor / (1.0 - floor)) - margin if 0 < floor < 1 else -np.inf
+    limit = -np.inf if floor <= 0 else np.inf if floor >= 1 else np.log(floor / (1.0 - floor)) - margin
     return np.nonzero(approx >= limit)
 
 

@@ -188,7 +188,7 @@ def locate(runtime: Runtime, model: str, image: Image.Image, threshold: float, m
     cfg = runtime.manifest.localiser
     w, h = image.size
     found, best = [], 0.0
-    fast = runtime.manifest.models[model].fast_scan if runtime.has_fast_scan(model) else None
+    fast = runtime.manifest.models[model].fast_scan
     scanned = image.convert("L") if fast is not None and fast.input == "luma" else image
     for scale in pyramid(w, h, cfg, min_face, max_pixels):
         prob = sigmoid(scan_level(runtime, model, level_pixels(scanned, scale, cfg.stride), cfg))

@@ -12,15 +12,13 @@ import numpy as np
 import onnxruntime as ort
 
 from service.contract import FAST_SCAN_GRAPHS, GRAPH_IO, IMAGE_INPUT, MODEL_GRAPHS, SCORING_GRAPH
-from service.fast_scan import band_logits
+from service.fast_scan import HEAD_BATCH, band_logits
 from service.manifest import ModelError, load_manifest
 from service.schemas import Manifest
 from service.settings import Settings
 
 log = logging.getLogger("service.runtime")
 WARM_UP_LEVEL = 256  # px: the side of the level each scan graph is timed on at warm-up
-# The window head (the fast scan's stage 2) runs up to this many windows at once (service/fast_scan.py).
-WINDOW_HEAD_BATCH = 4096
 # Graph roles that run one pyramid level (or band) of one photo at a time: their shapes vary, their batch does not.
 LEVEL_ROLES = ("scanner", "fast_scan")
 # Graph roles a photo's scan alternates between: their intra-op threads do not spin after a run, or they would
@@ -98,7 +96,7 @@ class Runtime:
                 session = open_session(settings, file, providers, spin=role not in SCAN_ROLES)
                 check_contract(session, file, role, manifest, model)
                 name_in, names_out = GRAPH_IO[role]
-                largest = (1 if role in LEVEL_ROLES else WINDOW_HEAD_BATCH if role == "window_head" else
+                largest = (1 if role in LEVEL_ROLES else HEAD_BATCH if role == "window_head" else
                            image_batch if name_in == IMAGE_INPUT else settings.max_morph_steps)
                 key = f"{model}.{role}"
                 graphs[key] = Graph(key, file, session, name_in, names_out, batch_buckets(largest))
@@ -151,7 +149,7 @@ class Runtime:
         return self.graphs[f"{model}.scanner"].run(level)["logit_map"][0]
 
     def has_fast_scan(self, model: str) -> bool:
-        return f"{model}.fast_scan" in self.graphs
+        return self.manifest.models[model].fast_scan is not None  # load() opened its graphs then
 
     def level_graph(self, model: str) -> Graph:
         """The graph a model's pyramid levels are scanned with: its fast scan's stage 1, else its scanner."""

@@ -101,15 +101,15 @@ def test_window_features_cut_each_windows_4x4_block() -> None:
 def test_the_export_takes_the_smallest_rank_whose_error_fits_half_the_margin() -> None:
     import torch
 
-    from training.fast_scan import choose_rank
+    from training.fast_scan import choose_rank, export_scan
     from training.model import FaceCNN, ModelConfig
 
     torch.manual_seed(0)
-    model = FaceCNN(ModelConfig(front_end="grey-lowpass")).eval()  # untrained: a flat spectrum
-    loose = choose_rank(model, 64, 1e3, 0.7)
+    scan = export_scan(FaceCNN(ModelConfig(front_end="grey-lowpass")).eval())  # untrained: a flat spectrum
+    loose = choose_rank(scan, 1, 64, 1e3, 0.7)
     assert loose["rank"] == 64 and loose["windows"] > 10_000
     # A threshold far below every window's logit makes every window "near" it, so each counts.
-    tight = choose_rank(model, 64, 1e-3, 1e-6)
+    tight = choose_rank(scan, 1, 64, 1e-3, 1e-6)
     assert tight["rank"] == 512  # only full rank is within 5e-4 of the exact logits
     assert tight["max_error_near_threshold"] <= 5e-4
     assert loose["max_error_near_threshold"] > tight["max_error_near_threshold"]

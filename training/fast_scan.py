@@ -72,16 +72,21 @@ def low_rank(dense: nn.Conv2d, rank: int) -> tuple[nn.Conv2d, nn.Conv2d]:
     return project, expand
 
 
+def export_scan(model: FaceCNN | DBVAE) -> nn.Module:
+    """The ScanNet both stages are cut from: the model's export copy (training/export.py: for_export) rewritten
+    as convolutions (training/localiser.py)."""
+    from training.export import for_export
+    from training.localiser import ScanNet
+
+    return ScanNet(for_export(model)).eval()
+
+
 class FastScan(nn.Module):
     """Stage 1: level [N, C, H, W] (C from scan_channels; H, W multiples of 16) -> (approximate logit map
-    [N, H/16 - 3, W/16 - 3], conv features [N, 72, H/16, W/16])."""
+    [N, H/16 - 3, W/16 - 3], conv features [N, 72, H/16, W/16]), cut from a ScanNet (export_scan)."""
 
-    def __init__(self, model: FaceCNN | DBVAE, rank: int):
-        from training.export import for_export
-        from training.localiser import ScanNet
-
+    def __init__(self, scan: nn.Module, rank: int):
         super().__init__()
-        scan = ScanNet(for_export(model))
         self.features = copy.deepcopy(scan.features)
         front = self.features[0]
         if isinstance(front, FrontEnd) and front.grey:
@@ -99,12 +104,8 @@ class WindowHead(nn.Module):
     """Stage 2: the conv features of K windows [K, 72, 4, 4] -> their exact face logits [K] (ScanNet's dense
     layer and head, on one position each)."""
 
-    def __init__(self, model: FaceCNN | DBVAE):
-        from training.export import for_export
-        from training.localiser import ScanNet
-
+    def __init__(self, scan: nn.Module):
         super().__init__()
-        scan = ScanNet(for_export(model))
         self.dense, self.head = copy.deepcopy(scan.dense), copy.deepcopy(scan.head)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -121,37 +122,35 @@ def window_features(features: np.ndarray, rows: np.ndarray, cols: np.ndarray) ->
 def survivors(approx: np.ndarray, scan_threshold: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Positions of an approximate logit map that stage 2 must score exactly: within `margin` of the logit of
     `scan_threshold`, or above it."""
-    floor = np.log(scan_threshold / (1.0 - scan_threshold)) - margin if 0 < scan_threshold < 1 else -np.inf
-    return np.nonzero(approx >= floor)
+    return np.nonzero(approx >= logit(scan_threshold) - margin)
 
 
-def to_luma(rgb: np.ndarray) -> np.ndarray:
-    """uint8 RGB [..., 3] -> uint8 luma [...], as PIL's convert("L") rounds it (ITU-R 601-2)."""
-    r, g, b = (rgb[..., i].astype(np.uint32) for i in range(3))
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+def logit(p: float) -> float:
+    """The logit of a probability: -inf at 0, +inf at 1."""
+    return -np.inf if p <= 0 else np.inf if p >= 1 else float(np.log(p / (1.0 - p)))
 
 
 # ---------------------------------------------------------------------------------------------
 # Export, with parity and the low-rank error measured on real pictures
 
 
-def approximation_error(model: FaceCNN | DBVAE, ranks: list[int], levels: list[torch.Tensor],
-                        scan_threshold: float, margin: float) -> list[dict]:
+def approximation_error(scan: nn.Module, ranks: list[int], levels: list[torch.Tensor], scan_threshold: float,
+                        margin: float) -> list[dict]:
     """Stage 1 at each rank against the exact logits, on every window of `levels` ([1, C, H, W] each) -> per rank
     the largest error over windows whose exact or approximate logit is within 2 x margin of the threshold, and the
     fraction of windows stage 2 would score."""
-    thr = float(np.log(scan_threshold / (1.0 - scan_threshold)))
-    fasts = [FastScan(model, r).eval() for r in ranks]
-    head = WindowHead(model).eval()
+    thr = logit(scan_threshold)
+    fast, head = FastScan(scan, ranks[0]).eval(), WindowHead(scan).eval()  # the conv blocks: the same at any rank
+    layers = [low_rank(scan.dense, r) for r in ranks]
     worst, passed, windows = np.zeros(len(ranks)), np.zeros(len(ranks)), 0
     with torch.no_grad():
         for level in levels:
-            f = fasts[0].features(level)  # the conv blocks are the same at every rank
+            f = fast.features(level)  # [1, 72, h, w]
             patches = F.unfold(f, FEATURE_SIDE)[0].T.reshape(-1, f.shape[1], FEATURE_SIDE, FEATURE_SIDE)
             exact = head(patches).numpy()
             windows += len(exact)
-            for i, fast in enumerate(fasts):
-                approx = fast.head(torch.relu(fast.expand(fast.project(f)))).reshape(-1).numpy()
+            for i, (project, expand) in enumerate(layers):
+                approx = head.head(torch.relu(expand(project(f)))).reshape(-1).numpy()
                 near = np.maximum(exact, approx) >= thr - 2 * margin
                 if near.any():
                     worst[i] = max(worst[i], float(np.abs(exact - approx)[near].max()))
@@ -160,45 +159,42 @@ def approximation_error(model: FaceCNN | DBVAE, ranks: list[int], levels: list[t
              "stage2_fraction": float(p / max(windows, 1))} for r, w, p in zip(ranks, worst, passed)]
 
 
-def choose_rank(model: FaceCNN | DBVAE, rank: int, margin: float, scan_threshold: float) -> dict:
+def choose_rank(scan: nn.Module, channels: int, rank: int, margin: float, scan_threshold: float) -> dict:
     """The smallest rank from `rank` up, doubling, whose error near the threshold on real pictures
-    (calibration_levels) is at most half the margin; full rank (the layer itself, error ~0) always is."""
-    from training.localiser import ScanNet
-
-    dense = ScanNet(model).dense
+    (calibration_levels, with `channels` of input) is at most half the margin; full rank (the layer itself,
+    error ~0) always is."""
+    dense = scan.dense
     full = min(dense.out_channels, dense.in_channels * dense.kernel_size[0] * dense.kernel_size[1])
     ranks = []
     while rank < full:
         ranks.append(rank)
         rank *= 2
     ranks.append(full)
-    levels = calibration_levels(scan_channels(model.cfg.front_end))
-    measured = approximation_error(model, ranks, levels, scan_threshold, margin)
+    measured = approximation_error(scan, ranks, calibration_levels(channels), scan_threshold, margin)
     return next(m for m in measured if 2 * m["max_error_near_threshold"] <= margin or m["rank"] == full)
 
 
 def calibration_levels(channels: int, side: int = 640) -> list[torch.Tensor]:
     """Real pictures as scan levels: the face-free scenes the mining scans (at most `side` px, and half that),
-    and the 747 packaged faces tiled 16 to a 256x256 level, in the built-in look."""
+    and the 747 packaged faces tiled 16 to a 256x256 level, in the built-in look; as luma (PIL's, as the service
+    makes it) for channels == 1."""
     from PIL import Image
 
     from training.data.builtin import natural_pictures, packaged_low_res
 
-    arrays = []
+    images = []
     for picture in natural_pictures():
-        image = Image.fromarray(picture).convert("RGB")
         for s in (side, side // 2):
-            im = image.copy()
+            im = Image.fromarray(picture).convert("RGB")
             im.thumbnail((s, s))
-            arr = np.asarray(im)
-            arrays.append(arr[: arr.shape[0] // 16 * 16, : arr.shape[1] // 16 * 16])
+            images.append(im.crop((0, 0, im.width // 16 * 16, im.height // 16 * 16)))
     faces, _ = packaged_low_res()  # uint8 [N, 64, 64, 3]
     for start in range(0, len(faces) - 15, 16):
         tile = faces[start:start + 16].reshape(4, 4, 64, 64, 3).transpose(0, 2, 1, 3, 4).reshape(256, 256, 3)
-        arrays.append(tile)
+        images.append(Image.fromarray(np.ascontiguousarray(tile)))
     levels = []
-    for arr in arrays:
-        x = to_luma(arr)[None] if channels == 1 else arr.transpose(2, 0, 1)
+    for im in images:
+        x = np.atleast_3d(np.asarray(im.convert("L") if channels == 1 else im)).transpose(2, 0, 1)
         levels.append(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32) / 255.0)[None])
     return levels
 
@@ -212,8 +208,9 @@ def export_fast_scan(model: FaceCNN | DBVAE, scan_path: Path, head_path: Path, r
 
     model = model.eval()
     channels = scan_channels(model.cfg.front_end)
-    chosen = choose_rank(model, rank, margin, scan_threshold)
-    fast, head = FastScan(model, chosen["rank"]).eval(), WindowHead(model).eval()
+    scan = export_scan(model)
+    chosen = choose_rank(scan, channels, rank, margin, scan_threshold)
+    fast, head = FastScan(scan, chosen["rank"]).eval(), WindowHead(scan).eval()
     scan_in, scan_out = GRAPH_IO["fast_scan"]
     head_in, head_out = GRAPH_IO["window_head"]
     side = model.cfg.image_size
@@ -228,10 +225,8 @@ def export_fast_scan(model: FaceCNN | DBVAE, scan_path: Path, head_path: Path, r
     g = torch.Generator().manual_seed(seed)
     for shape in ((1, 3, 64, 64), (1, 3, 96, 160)):
         rgb = torch.rand(shape, generator=g)
-        if channels == 1:  # the float luma: the front end's own weights, before any rounding
-            x = (rgb * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        else:
-            x = rgb
+        # The float luma, by the front end's own weights, before any rounding.
+        x = FrontEnd("grey", replicate=False)(rgb) if channels == 1 else rgb
         _, features = scan_session.run(list(scan_out), {scan_in: x.numpy()})
         rows, cols = np.indices((features.shape[2] - 3, features.shape[3] - 3)).reshape(2, -1)
         got = head_session.run(list(head_out), {head_in: window_features(features[0], rows, cols)})[0]
