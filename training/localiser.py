@@ -11,8 +11,9 @@ overlapping hits are merged by non-maximum suppression, each kept box averaged w
 The merged boxes are candidates, not answers: a second stage refines and verifies each one (as MTCNN's later
 stages and the box regression of Faster R-CNN do, here by search instead of a trained regressor). It cuts the
 candidate's square out of the photo at a small grid of shifts and sizes, resizes each to 64x64 and scores them
-with the same graph on whole windows, where it is exactly the crop classifier: the candidate becomes the best of
-those crops and its score that crop's probability. On the 16 px stride and 2^(1/4) pyramid the scan's box is
+with the same graph on whole windows, where it is exactly the crop classifier (with the fast scan: its two
+stages on crops of the luma, see `Localiser`): the candidate becomes the best of those crops and its score that
+crop's probability. On the 16 px stride and 2^(1/4) pyramid the scan's box is
 off by up to half a step, and the scan's score of a window also sees its neighbours through the convs' padding;
 the crop's score sees only the face.
 
@@ -161,7 +162,9 @@ def level_input(image: Image.Image, scale: float, stride: int) -> np.ndarray:
     w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
     arr = np.atleast_3d(np.asarray(image.resize((w, h), Image.Resampling.BILINEAR)))  # uint8 [h, w, C]
     arr = np.pad(arr, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="edge")  # padded as bytes: cheaper
-    x = np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32)
+    if arr.shape[2] == 1:  # luma: bytes to floats in one pass, a third less time than a copy and a divide in place
+        return np.divide(arr[:, :, 0][None, None], np.float32(255.0), dtype=np.float32)
+    x = np.ascontiguousarray(arr.transpose(2, 0, 1)[None], dtype=np.float32)  # RGB: one pass would be far slower
     x /= np.float32(255.0)
     return x
 
@@ -228,8 +231,9 @@ def refine_squares(boxes: np.ndarray, cfg: LocaliserConfig, width: int, height: 
 
 
 def square_crops(image: Image.Image, squares: np.ndarray, size: int) -> np.ndarray:
-    """Squares [n, 3] (left, top, side) of an RGB photo, each resized to size x size -> float32 [n, 3, size, size]."""
-    crops = [np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=(l, t, l + s, t + s)))
+    """Squares [n, 3] (left, top, side) of a photo (RGB, or its luma), each resized to size x size -> float32
+    [n, C, size, size], C its channels."""
+    crops = [np.atleast_3d(np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=(l, t, l + s, t + s))))
              for l, t, s in squares]
     return np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
 
@@ -240,7 +244,8 @@ REFINE_BATCH = 64
 
 def refine(image: Image.Image, boxes: np.ndarray, cfg: LocaliserConfig, score) -> np.ndarray:
     """Candidates [K, 5] -> [K, 5]: each the best of its refining crops (refine_squares), with that crop's
-    probability; `score`: float32 [n, 3, 64, 64] -> face probability [n]. A tie keeps the unmoved square."""
+    probability; `score`: float32 [n, C, 64, 64] crops of `image` -> face probability [n]. A tie keeps the
+    unmoved square."""
     if not len(boxes):
         return np.zeros((0, 5))
     squares = refine_squares(boxes, cfg, image.width, image.height)  # [K, G, 3]
@@ -264,8 +269,9 @@ def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 class Localiser:
     """One exported scan graph and the config to run it: `locate(image)` -> faces in the photo's pixels. With
-    `fast` (the model's fast-scan graphs, training/fast_scan.py) the pyramid is scanned by those; the refining
-    crops are always scored by the scan graph itself."""
+    `fast` (the model's fast-scan graphs, training/fast_scan.py) the pyramid is scanned by those, and the refining
+    crops are cut from the same image (the luma, where the fast scan takes luma) and scored by them: stage 1's
+    features of a whole window and the exact head, which is the scan graph on that window."""
 
     def __init__(self, scan_graph, cfg: LocaliserConfig, threads: int = 0, fast: FastGraphs | None = None):
         self.session = session(scan_graph, threads)
@@ -315,16 +321,23 @@ class Localiser:
 
     def verified(self, image: Image.Image, candidates: np.ndarray) -> np.ndarray:
         """Stage 2: each candidate refined and scored as a crop, overlaps suppressed, best first."""
-        return suppress(refine(image, candidates, self.cfg, self.crop_probabilities), self.cfg.nms_iou)
+        return suppress(refine(self.scanned(image), candidates, self.cfg, self.crop_probabilities), self.cfg.nms_iou)
+
+    def scanned(self, image: Image.Image) -> Image.Image:
+        """What the pyramid and the refining crops are cut from: the photo, or its luma for a luma fast scan."""
+        return self.fast.level_image(image) if self.fast is not None else image
 
     def crop_probabilities(self, crops: np.ndarray) -> np.ndarray:
-        """float32 [n, 3, 64, 64] -> face probability [n]: the scan graph on whole windows is the classifier."""
+        """Crops of `scanned`, float32 [n, C, 64, 64] -> face probability [n]: the scan graph on whole windows is
+        the classifier, and so are the fast graphs."""
+        if self.fast is not None:
+            return sigmoid(self.fast.window_logits(crops))
         name_in, (name_out,) = GRAPH_IO["scanner"]
         return sigmoid(self.session.run([name_out], {name_in: crops})[0].reshape(len(crops)))
 
     def windows(self, image: Image.Image, floor: float, min_face: int | None = None) -> np.ndarray:
         """Every window of every pyramid level scoring at least `floor`, before merging: [K, 5] photo px."""
-        scanned = self.fast.level_image(image) if self.fast is not None else image
+        scanned = self.scanned(image)
         found = [windows(self.level_logits(scanned, s, floor), s, self.cfg, floor)
                  for s in pyramid(image.width, image.height, self.cfg, min_face)]
         return np.concatenate(found) if found else np.zeros((0, 5))
@@ -372,3 +385,10 @@ class FastGraphs:
             r, c = rows[start:start + HEAD_BATCH], cols[start:start + HEAD_BATCH]
             logits[r, c] = self.head.run([head_out], {head_in: window_features(features[0], r, c)})[0]
         return logits
+
+    def window_logits(self, crops: np.ndarray) -> np.ndarray:
+        """Whole windows [n, C, 64, 64] -> their exact face logits [n]: stage 1's features, then stage 2."""
+        scan_in, (_, features_out) = GRAPH_IO["fast_scan"]
+        head_in, (head_out,) = GRAPH_IO["window_head"]
+        features = self.scan.run([features_out], {scan_in: crops})[0]  # [n, 72, 4, 4]
+        return self.head.run([head_out], {head_in: features})[0].reshape(len(crops))
