@@ -13,9 +13,8 @@ stages and the box regression of Faster R-CNN do, here by search instead of a tr
 candidate's square out of the photo at a small grid of shifts and sizes, resizes each to 64x64 and scores them
 with the same graph on whole windows, where it is exactly the crop classifier (with the fast scan: its two
 stages on crops of the luma, see `Localiser`): the candidate becomes the best of those crops and its score that
-crop's probability. On the 16 px stride and 2^(1/4) pyramid the scan's box is
-off by up to half a step, and the scan's score of a window also sees its neighbours through the convs' padding;
-the crop's score sees only the face.
+crop's probability. On the 16 px stride and 2^(1/4) pyramid the scan's box is off by up to half a step, and the
+scan's score of a window also sees its neighbours through the convs' padding; the crop's score sees only the face.
 
 At one 64x64 window the scan graph is exactly the classifier (export checks it to 1e-4); inside a larger image
 a window also sees its neighbours through the convs' padding, so its score is close to, not equal to, the
@@ -311,7 +310,8 @@ class Localiser:
 
     def faces(self, image: Image.Image, min_face: int | None = None, candidates: int | None = None) -> np.ndarray:
         """Both stages, before the threshold -> [M, 5] photo px (floats), best first."""
-        return self.verified(image, self.candidates(image, min_face, candidates))
+        scanned = self.scanned(image)  # converted once: both stages cut from it
+        return self.verified(scanned, self.candidates(scanned, min_face, candidates))
 
     def candidates(self, image: Image.Image, min_face: int | None = None, most: int | None = None) -> np.ndarray:
         """Stage 1: the scan's windows from scan_threshold on, merged; at most `most` (cfg.max_faces)."""
@@ -371,7 +371,7 @@ class FastGraphs:
                    threads), entry["fast_scan"]["input"] == "luma")
 
     def level_image(self, image: Image.Image) -> Image.Image:
-        return image.convert("L") if self.luma else image
+        return image.convert("L") if self.luma and image.mode != "L" else image
 
     def logit_map(self, x: np.ndarray, floor: float, margin: float) -> np.ndarray:
         """A level [1, C, H, W] -> its logit map [H/16 - 3, W/16 - 3]: stage 1's, with stage 2's exact logits
