@@ -1,10 +1,11 @@
 """Benchmark 2: the service under load on loopback, next to a framework floor and a naive PyTorch peer.
 
-    python -m bench.load                                   # ~13 min: 6 servers, 2 load generators
+    python -m bench.load                                   # ~15 min: 7 servers, 2 load generators
+    python -m bench.load --servers detect detect-workers floor --out load_workers   # the default worker count
     python -m bench.load --seconds 3 --concurrency 1 32 --no-wrk    # quicker look
 
 Every server is its own process, started the way a user starts it (`python -m service --port P`, default
-models/, one worker process: FACEDET_WORKERS=1, see bench/scaling.py for more; the references with
+models/, one worker process, FACEDET_WORKERS=1, but for detect-workers; the references with
 `python -m bench.load_peers floor|naive --port P`, see that file), and is driven by a separate load-generator
 process at each concurrency for a bounded time. Servers:
 
@@ -13,6 +14,9 @@ process at each concurrency for a bounded time. Servers:
                      at most FACEDET_INLINE_TURN_BUDGET_MS of that work per turn of the loop
 * detect-pool      — the same with FACEDET_INLINE_MAX_PIXELS=0: every request decoded and classified in the pool
 * detect-unbounded — the same as detect with no bound per turn (the behaviour before that setting): an A/B
+* detect-workers   — `detect` with the default worker count (FACEDET_WORKERS auto: one process per usable core,
+                     see bench/scaling.py), the way the service starts by default; its CPU and memory are summed
+                     over the supervisor and its workers
 * detect+batch     — the same with micro-batching on (FACEDET_MICRO_BATCH_MAX and _WAIT_MS from --batch-max and
                      --batch-wait-ms; 16 images, no wait by default)
 * floor            — bare FastAPI endpoint, same multipart upload, constant JSON
@@ -60,7 +64,7 @@ from service.process import ServerProcess
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 WRK_SCRIPT = ROOT / "bench" / "wrk_post.lua"
-SERVERS = ["detect", "detect-pool", "detect-unbounded", "detect+batch", "floor", "naive"]
+SERVERS = ["detect", "detect-workers", "detect-pool", "detect-unbounded", "detect+batch", "floor", "naive"]
 PAYLOADS = ["png64", "crop64", "jpeg640x480"]
 # detect-unbounded: small requests answered on the event loop with no bound per loop turn, as before the bound
 # (service/admission.py, INLINE_TURN_BUDGET_S): an A/B of that change in the same run.
@@ -99,8 +103,18 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
+def tree(pid: int) -> list[int]:
+    """pid and its descendants now (a supervisor, its workers and multiprocessing's resource tracker)."""
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return []
+    return [pid, *(p for kid in kids for p in tree(int(kid)))]
+
+
 class Server(ServerProcess):
-    """One server of the run, with its resident memory at the moments the summary reports."""
+    """One server of the run, with its resident memory at the moments the summary reports; CPU and memory are
+    its processes' together (one, or a supervisor and its workers)."""
 
     def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path):
         super().__init__([sys.executable, *args], ROOT, env, log)
@@ -109,7 +123,21 @@ class Server(ServerProcess):
 
     def wait_ready(self, timeout: float = 180.0) -> None:
         super().wait_ready(timeout)
-        self.rss["start_mb"] = rss_mb(self.proc.pid)
+        self.rss["start_mb"] = self.resident_mb()
+
+    def resident_mb(self) -> float:
+        return sum(_alive(rss_mb, p) for p in tree(self.proc.pid))
+
+    def cpu_s(self) -> float:
+        return sum(_alive(cpu_s, p) for p in tree(self.proc.pid))
+
+
+def _alive(figure, pid: int) -> float:
+    """A process's figure, 0 once it has gone (between listing the tree and reading it)."""
+    try:
+        return figure(pid)
+    except OSError:
+        return 0.0
 
 
 def drive(server: Server, path: Path, ctype: str, concurrency: int, seconds: float, warmup: float) -> dict:
@@ -118,16 +146,16 @@ def drive(server: Server, path: Path, ctype: str, concurrency: int, seconds: flo
 
     def sample() -> None:
         while not done.wait(0.1):
-            server.rss["peak_mb"] = max(server.rss["peak_mb"], rss_mb(server.proc.pid))
+            server.rss["peak_mb"] = max(server.rss["peak_mb"], server.resident_mb())
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    cpu0 = cpu_s(server.proc.pid)
+    cpu0 = server.cpu_s()
     out = subprocess.run([sys.executable, "-m", "bench.load_client", "--url", f"{server.url}/v1/detect",
                           "--file", str(path), "--type", ctype, "--concurrency", str(concurrency),
                           "--seconds", str(seconds), "--warmup", str(warmup)],
                          cwd=ROOT, capture_output=True, text=True, timeout=warmup + seconds + 120, check=True)
-    server_cpu = cpu_s(server.proc.pid) - cpu0
+    server_cpu = server.cpu_s() - cpu0
     done.set()
     sampler.join()
     cell = json.loads(out.stdout)
@@ -147,12 +175,12 @@ def drive_wrk(server: Server, path: Path, ctype: str, concurrency: int, seconds:
     body_file.write_bytes(body)
     content_type = next(line.split(":", 1)[1].strip() for line in head.decode().split("\r\n")
                         if line.lower().startswith("content-type:"))
-    cpu0 = cpu_s(server.proc.pid)
+    cpu0 = server.cpu_s()
     out = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds:g}s", "--timeout", f"{timeout_s:g}s",
                           "-s", str(WRK_SCRIPT), f"{server.url}/v1/detect"],
                          env={**os.environ, "WRK_BODY": str(body_file), "WRK_TYPE": content_type},
                          capture_output=True, text=True, timeout=seconds + 60, check=True)
-    server_cpu = cpu_s(server.proc.pid) - cpu0
+    server_cpu = server.cpu_s() - cpu0
     w = json.loads(out.stdout.strip().splitlines()[-1])
     errors = w["timeouts"] + w["connect_errors"] + w["read_errors"] + w["write_errors"] + w["status_errors"]
     return {"requests": w["requests"], "errors": errors, "timeouts": w["timeouts"],
@@ -169,8 +197,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds at the start of each cell")
     ap.add_argument("--warmup-burst", type=float, default=5.0,
                     help="seconds of unmeasured traffic per payload before the first cell (0: none)")
-    ap.add_argument("--servers", nargs="+", default=["detect", "detect-pool", "detect-unbounded", "detect+batch", "floor", "naive"],
-                    choices=SERVERS)
+    ap.add_argument("--servers", nargs="+", default=SERVERS, choices=SERVERS)
     ap.add_argument("--payloads", nargs="+", default=["png64", "jpeg640x480"], choices=PAYLOADS,
                     help="payloads the own client sends")
     ap.add_argument("--wrk-payloads", nargs="+", default=["crop64"], choices=PAYLOADS,
@@ -187,12 +214,13 @@ def main(argv=None) -> int:
 
     info = machine()
     notes = []
-    # One worker process each (FACEDET_WORKERS=1): this benchmark reads the serving process's memory and CPU, and
-    # compares servers on the same cores; bench/scaling.py measures several workers.
+    # One worker process each (FACEDET_WORKERS=1), to compare servers on the same cores, but detect-workers: the
+    # default worker count, as a user's `python -m service` runs; bench/scaling.py measures each count.
     one = {"FACEDET_WORKERS": "1", "FACEDET_MICRO_BATCH_MAX": "0"}
     specs = {"detect": (["-m", "service"], one),
              "detect-pool": (["-m", "service"], {**one, "FACEDET_INLINE_MAX_PIXELS": "0"}),
              "detect-unbounded": (["-m", "service"], {**one, "FACEDET_INLINE_TURN_BUDGET_MS": str(UNBOUNDED_TURN_MS)}),
+             "detect-workers": (["-m", "service"], {"FACEDET_MICRO_BATCH_MAX": "0"}),
              "detect+batch": (["-m", "service"], {**one, "FACEDET_MICRO_BATCH_MAX": str(args.batch_max),
                                                   "FACEDET_MICRO_BATCH_WAIT_MS": str(args.batch_wait_ms)}),
              "floor": (["-m", "bench.load_peers", "floor"], {}),
@@ -218,7 +246,7 @@ def main(argv=None) -> int:
             for server in servers.values():
                 for path, ctype in files.values() if args.warmup_burst > 0 else ():
                     drive(server, path, ctype, max(args.concurrency), args.warmup_burst, 0.0)
-                server.rss["after_warmup_mb"] = rss_mb(server.proc.pid)
+                server.rss["after_warmup_mb"] = server.resident_mb()
             cells = [("own", p, c) for p in args.payloads for c in args.concurrency]
             cells += [("wrk", p, c) for p in args.wrk_payloads for c in args.wrk_concurrency] if wrk else []
             for generator, payload, c in cells:
@@ -233,7 +261,7 @@ def main(argv=None) -> int:
                           f"p99 {cell['p99_ms'] or float('nan'):7.1f} ms  errors {cell['errors']}", flush=True)
             time.sleep(2.5)  # idle for more than two of the service's memory-trim intervals
             for server in servers.values():
-                server.rss["end_mb"] = rss_mb(server.proc.pid)
+                server.rss["end_mb"] = server.resident_mb()
         finally:
             for server in servers.values():
                 server.stop()

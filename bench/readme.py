@@ -138,19 +138,39 @@ def _cell(value) -> str:
     return f"{value:,.1f}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
-def load(d: dict) -> list[str]:
+def load_workers(d: dict) -> list[str]:
+    """bench.load's run of the default worker count beside one process and the floor (its own result file)."""
+    return load(d, "load_workers")
+
+
+def load(d: dict, name: str = "load") -> list[str]:
     own = [r for r in d["rows"] if r.get("generator", "own") == "own"]
     wrk = [r for r in d["rows"] if r.get("generator") == "wrk"]
     keys = ["target", "payload", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "p99_503_ms"]
+    if name == "load_workers":
+        servers = " ".join(dict.fromkeys(r["target"] for r in d["rows"]))
+        out = [f"### The default worker count under load (`python -m bench.load --servers {servers} --out {name}`)",
+               "", "The same benchmark with fewer servers: `detect-workers` is the service as `python -m service` "
+               "starts it on this machine (`FACEDET_WORKERS` auto: one worker per usable core, each on its own "
+               "socket), beside one process (`detect`) and the framework floor, in the same run.", "",
+               "The own client:", "", *_table(keys, [[_cell(r.get(k)) for k in keys] for r in own]), ""]
+        return out + _load_tail(d, wrk, name)
     out = ["### The service under load (`python -m bench.load`)", "",
            "`detect` on the 640x480 JPEG finds every face in the photo (the localiser's pyramid scan); the naive "
            "peer and the framework floor classify one centre crop or do no work, so on that payload they are no "
            "like-for-like baseline: the localiser's own speed is in *Finding faces in photos* above. "
            "`detect-unbounded` is `detect` with no bound on the event loop's inline work per turn "
-           "(`FACEDET_INLINE_TURN_BUDGET_MS`), as before that setting. `errors` counts every answer other than 200 "
+           "(`FACEDET_INLINE_TURN_BUDGET_MS`), as before that setting. Every server is one process but "
+           "`detect-workers`, `detect` with the default worker count (one per usable core), as `python -m service` "
+           "starts; its CPU and memory are summed over its processes. `errors` counts every answer other than 200 "
            "(the photo payload's 503s, `FACEDET_MAX_QUEUE_WAIT_S`, among them; `p99_503_ms`: how fast they came).",
            "", "The own client (`bench/load_client.py`: latencies after a 1 s warm-up on open connections):", "",
            *_table(keys, [[_cell(r.get(k)) for k in keys] for r in own]), ""]
+    return out + _load_tail(d, wrk, name)
+
+
+def _load_tail(d: dict, wrk: list[dict], name: str) -> list[str]:
+    out = []
     if wrk:
         w = d.get("wrk") or {}
         keys = ["target", "payload", "concurrency", "rps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "timeouts",
@@ -160,7 +180,7 @@ def load(d: dict) -> list[str]:
                 *_table(keys, [[_cell(r.get(k)) for k in keys] for r in wrk]), ""]
     if "summary" in d:
         out += ["```", *[f"{k}: {v}" for k, v in d["summary"].items()], "```", ""]
-    return out + [_source("load", d)]
+    return out + [_source(name, d)]
 
 
 def memory(d: dict) -> list[str]:
@@ -182,8 +202,9 @@ def memory(d: dict) -> list[str]:
 
 def scaling(name: str, d: dict) -> list[str]:
     s = d["settings"]
-    keys = ["workers", "concurrency", "rps", "efficiency", "p50_ms", "p99_ms", "errors", "server_cpu_ms_per_req",
-            "server_pss_mb"]
+    keys = ["workers", "sockets", "concurrency", "conns", "rps", "efficiency", "p50_ms", "p99_ms", "errors",
+            "server_cpu_ms_per_req", "server_pss_mb"]
+    keys = [k for k in keys if any(k in r for r in d["rows"])]  # results from before the sockets A/B lack two
     rows = [[_cell(r.get(k)) if k != "efficiency" or r.get(k) is None else f"{r[k]:.2f}" for k in keys]
             for r in d["rows"]]
     goal = "; ".join(f"{k}: " + (", ".join(f"{n} {v}" for n, v in g.items()) or "no count to judge")
@@ -192,7 +213,10 @@ def scaling(name: str, d: dict) -> list[str]:
             f"`FACEDET_WORKERS` = 1, 2, …, each its own `python -m service`, /v1/detect on the `{s['payload']}` "
             f"payload, FACEDET_WORKER_THREADS {s.get('worker_threads', 'default (2)')}, driven by "
             f"{'wrk' if s.get('generator') == 'wrk' else 'the own client (bench/load_client.py)'} on the same machine ({d['machine']['usable_cores']} usable cores: the "
-            "generator's CPU is taken from the server's).", "",
+            "generator's CPU is taken from the server's)."
+            + (" `sockets`: `own`, every worker on its own socket of the port (FACEDET_REUSE_PORT, the default), or "
+               "`shared`, one socket for all; `conns`: the kept-alive connections each worker held halfway through."
+               if "sockets" in s else ""), "",
             *_table(keys, rows), "", f"Goal, {goal}.", "", _source(name, d)]
 
 
@@ -365,7 +389,7 @@ def builtin_faces(local: tuple[dict, dict], recon: tuple[dict, dict]) -> list[st
 def section() -> str:
     parts: list[str] = []
     for name, render in (("localise", localise), ("reconstruction_photos", reconstruction), ("inference", inference),
-                         ("load", load), ("memory", memory),
+                         ("load", load), ("load_workers", load_workers), ("memory", memory),
                          ("training", training), ("quality", quality)):
         data = read_result(name)
         if data:

@@ -54,8 +54,8 @@ class Metrics:
                            registry=r, multiprocess_mode="livesum")
         self.memory_trims = Counter("facedet_memory_trims", "Idle-time returns of freed heap memory to the OS",
                                     registry=r)
-        # Several workers only, one series each (a pid label): how evenly the kernel spreads the shared socket's
-        # connections over them.
+        # Several workers only, one series each (a pid label): how evenly the kernel spreads the connections over
+        # them (service/workers.py, FACEDET_REUSE_PORT).
         self.worker_requests: Gauge | None = None
         if multiprocess_dir:
             self.worker_requests = Gauge("facedet_worker_requests", "Requests this worker process has admitted "

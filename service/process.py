@@ -13,6 +13,36 @@ import urllib.request
 from pathlib import Path
 
 
+LISTEN, ESTABLISHED = "0A", "01"  # TCP states as /proc/net/tcp writes them
+
+
+def tcp_sockets(pid: int, port: int, state: str) -> set[int]:
+    """The TCP sockets (inodes) on local `port`, in `state`, that process `pid` holds (Linux /proc; empty elsewhere
+    or once the process is gone)."""
+    held = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:  # closed meanwhile
+                continue
+            if target.startswith("socket:["):
+                held.add(int(target[8:-1]))
+    except OSError:
+        return set()
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()  # sl, local address:port (hex), remote, state, ..., inode (the 10th)
+            if fields[3] == state and int(fields[1].rsplit(":", 1)[1], 16) == port and int(fields[9]) in held:
+                found.add(int(fields[9]))
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     # cgroup CPU quota), or 1 when the models run on a provider other than CPU (a GPU context per worker). 1: this
     # process alone, no supervisor.
     workers: int | None = Field(None, ge=1, le=512)
+    # With several workers, each listens on its own socket of the port (SO_REUSEPORT, Linux) and the kernel spreads
+    # new connections over them by a hash of their addresses. false: one socket shared by every worker, where the
+    # worker that wakes first accepts every connection waiting, so connections that open together can mostly land
+    # on one worker (service/workers.py).
+    reuse_port: bool = True
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # One log line per request (uvicorn's access log). Off by default: at ~1,000 requests/s it took about a
     # sixth of the event loop's time (py-spy under bench/load.py), and /metrics counts every request anyway.

@@ -1,9 +1,19 @@
 """Several worker processes on one port (FACEDET_WORKERS > 1), and the supervisor that keeps them.
 
-`python -m service` checks the settings and models once (service/__main__.py), binds the listening socket, then
-runs the supervisor. It spawns the workers (spawn, not fork: ONNX Runtime's threads already exist in the process
-and a fork would copy none of them). Each opens its own ONNX Runtime sessions and serves the shared socket with
-DrainingServer and the same HTTP protocol as a single process; the kernel hands each new connection to one of them.
+`python -m service` checks the settings and models once (service/__main__.py), binds the port, then runs the
+supervisor. It spawns the workers (spawn, not fork: ONNX Runtime's threads already exist in the process and a fork
+would copy none of them). Each opens its own ONNX Runtime sessions and serves the port with DrainingServer and the
+same HTTP protocol as a single process.
+
+Sockets (FACEDET_REUSE_PORT, on by default where the kernel balances SO_REUSEPORT: Linux): each worker listens on
+its own socket of the port, from when it is warmed up, and the kernel hands each new connection to one of the
+listening sockets by a hash of its addresses: kept-alive connections end up spread at random, 32 +- 4 of 64 on each
+of two workers. The supervisor holds the port with a socket that is bound but never listens, so it gets none. With
+one shared socket instead, the worker that wakes first accepts every connection waiting (asyncio accepts in a loop),
+so connections that open together on an idle service mostly go to one worker and stay there. Measured here with
+wrk's 64 opening at once on two idle workers, 8 starts each: the busier worker held 40-49 (mean 45) with a shared
+socket, 32-42 (mean 38) with a socket each (bench/scaling.py, its `shared` and `own` rows). The price: a worker
+that dies resets the connections still waiting in its own accept queue, which a shared socket would hand to another.
 
 Metrics: prometheus_client's multiprocess mode, in a private temporary PROMETHEUS_MULTIPROC_DIR made before the
 workers start and removed at exit; /metrics in any worker answers for all of them (service/metrics.py). Readiness:
@@ -72,13 +82,55 @@ def restart_delay(quick_deaths: int) -> float:
 def supervise(settings: Settings, count: int) -> int:
     """Bind, serve with `count` workers until a signal, drain them; the process's exit status."""
     logging.basicConfig(format=LOG_FORMAT, force=True)
-    # Only its address and log settings are used here: every worker makes its own app and config.
-    sock = server_config(settings, "service.main:create_app").bind_socket()
+    sock = bind(settings)
     with tempfile.TemporaryDirectory(prefix="facedet-metrics-") as metrics_dir:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # inherited by the workers, read as they import
         log.info("%d worker processes (%s), metrics in %s", count, "FACEDET_WORKERS" if settings.workers else
                  f"auto: {usable_cores()} usable cores", metrics_dir)
         return Supervisor(settings, count, sock, metrics_dir).run()
+
+
+def reuse_port(settings: Settings) -> bool:
+    """Whether each worker gets its own socket of the port: asked for, and the kernel balances SO_REUSEPORT
+    (Linux; the BSDs' and macOS's SO_REUSEPORT does not spread connections)."""
+    return settings.reuse_port and sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
+
+def bind(settings: Settings) -> socket.socket:
+    """The supervisor's socket on FACEDET_HOST:FACEDET_PORT, bound, not listening: the one every worker serves, or,
+    with reuse_port, what holds the port while the workers listen on their own sockets (worker_socket).
+
+    The port is bound first as uvicorn binds it, without SO_REUSEPORT, so a port that another server listens on
+    fails here with uvicorn's log line and exit status: with the option, a second service of the same user would
+    join the first one's sockets silently and take a share of its connections. Only then is it held with it."""
+    # Only its address and log settings are used here: every worker makes its own app and config.
+    sock = server_config(settings, "service.main:create_app").bind_socket()
+    if not reuse_port(settings):
+        return sock
+    address = sock.getsockname()  # the port bound, should FACEDET_PORT be 0
+    sock.close()
+    held = _reuse_port_socket(sock.family)
+    held.bind(address)
+    held.set_inheritable(True)
+    return held
+
+
+def worker_socket(settings: Settings, held: socket.socket) -> socket.socket:
+    """The socket a worker serves: its own on the supervisor's address with reuse_port (listened on by uvicorn once
+    the worker is warmed up, so no connection waits in the queue of a worker still starting), else the shared one."""
+    if not reuse_port(settings):
+        return held
+    own = _reuse_port_socket(held.family)
+    own.bind(held.getsockname())
+    held.close()
+    return own
+
+
+def _reuse_port_socket(family: int) -> socket.socket:
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    return sock
 
 
 class Supervisor:
@@ -183,7 +235,7 @@ def _ended(proc: BaseProcess) -> str:
 
 
 def serve_worker(settings: Settings, count: int, sock: socket.socket, metrics_dir: str) -> None:
-    """A worker process's whole life: its own models, app and server, on the socket the supervisor bound."""
+    """A worker process's whole life: its own models, app and server, on the port the supervisor bound."""
     os.setpgid(0, 0)  # out of the terminal's process group: see the module's docstring
     logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     parent = os.getppid()
@@ -196,6 +248,6 @@ def serve_worker(settings: Settings, count: int, sock: socket.socket, metrics_di
         admission = Admission(settings)
         app = create_app(settings, runtime, admission, Metrics(metrics_dir, count))
         server = DrainingServer(server_config(settings, app), admission, settings.shutdown_delay_s, parent)
-        server.run(sockets=[sock])
+        server.run(sockets=[worker_socket(settings, sock)])
     except KeyboardInterrupt:  # SIGINT before the server's handlers were in, or raised again after its drain
         pass

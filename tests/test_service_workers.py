@@ -22,6 +22,7 @@ import pytest
 
 from service.__main__ import main
 from service.cores import cpu_quota, usable_cores
+from service.process import ESTABLISHED, LISTEN, tcp_sockets
 from service.settings import DEFAULT_MODELS_DIR, SettingsError, load_settings
 from service.workers import worker_count
 from tests.utils.images import encode, picture
@@ -97,6 +98,44 @@ def test_both_workers_answer_and_metrics_add_up_across_them(tmp_path: Path) -> N
         assert all(n > 0 for n in worker_requests(server).values()), worker_requests(server)
         assert metric(text, "facedet_ready") == 2
         assert httpx.get(f"{server.url}/readyz").json()["status"] == "ready"
+
+
+CROP = encode(picture(64, 64, seed=6), "PNG")
+
+
+def test_each_worker_listens_on_its_own_socket_and_a_taken_port_still_fails(tmp_path: Path) -> None:
+    with workers(tmp_path) as server:
+        pids = sorted(worker_requests(server))
+        own = [tcp_sockets(pid, server.port, LISTEN) for pid in pids]
+        assert all(len(s) == 1 for s in own) and own[0] != own[1], own  # SO_REUSEPORT: a socket each
+        assert tcp_sockets(server.proc.pid, server.port, LISTEN) == set()  # the supervisor's holds the port only
+        clients = [httpx.Client(base_url=server.url, timeout=30) for _ in range(64)]  # kept alive, as wrk's are
+        try:
+            for client in clients:
+                response = client.post("/v1/detect", files={"image": ("c.png", CROP, "image/png")})
+                assert response.status_code == 200, response.text
+            held = [len(tcp_sockets(pid, server.port, ESTABLISHED)) for pid in pids]
+        finally:
+            for client in clients:
+                client.close()
+        # The kernel spreads them by a hash of their addresses: 32 +- 4 each, and fewer than 16 once in ~10^4 runs.
+        assert sum(held) == 64 and min(held) >= 16, held
+        # Another service on the same port fails as without SO_REUSEPORT, rather than joining this one's sockets.
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("FACEDET_")},
+               "FACEDET_WORKERS": "2", "FACEDET_PROVIDERS": "CPUExecutionProvider"}
+        second = subprocess.run([sys.executable, "-m", "service", "--port", str(server.port)], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=120, check=False)
+        assert second.returncode == 3 and "address already in use" in (second.stdout + second.stderr).lower()
+        assert detect(server, PHOTO) >= 0.0 and tcp_sockets(pids[0], server.port, LISTEN) == own[0]
+
+
+def test_shared_socket_when_reuse_port_is_off(tmp_path: Path) -> None:
+    with workers(tmp_path, FACEDET_REUSE_PORT="false") as server:
+        pids = sorted(worker_requests(server))
+        shared = [tcp_sockets(pid, server.port, LISTEN) for pid in [server.proc.pid, *pids]]
+        assert len(shared[0]) == 1 and shared[0] == shared[1] == shared[2], shared  # one socket, every process
+        with ThreadPoolExecutor(4) as pool:
+            assert len(set(pool.map(lambda _: detect(server, PHOTO), range(8)))) == 1
 
 
 def test_a_killed_worker_is_replaced_and_readiness_waits_for_it(tmp_path: Path) -> None:
