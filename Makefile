@@ -53,7 +53,7 @@ bench: install-bench  ## benchmarks: tables printed, JSON in bench/results/ (a f
 	$(PY) -m bench.quality
 	$(PY) -m bench.ddp
 
-bench-load: install-bench  ## serving: under load vs a floor and a naive peer, memory per request, worker scaling (~17 min)
+bench-load: install-bench  ## serving: under load vs a floor and a naive peer, memory per request, worker scaling (~20 min)
 	$(PY) -m bench.load
 	$(PY) -m bench.memory
 	$(PY) -m bench.scaling --payload png64 --out scaling_png64
