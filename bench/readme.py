@@ -152,7 +152,8 @@ def load(d: dict, name: str = "load") -> list[str]:
         out = [f"### The default worker count under load (`python -m bench.load --servers {servers} --out {name}`)",
                "", "The same benchmark with fewer servers: `detect-workers` is the service as `python -m service` "
                "starts it on this machine (`FACEDET_WORKERS` auto: one worker per usable core, each on its own "
-               "socket), beside one process (`detect`) and the framework floor, in the same run.", "",
+               "socket), beside one process (`detect`) and the framework floor, in the same run. Its CPU and resident memory "
+               "are summed over the supervisor and its workers (pages they share count once per process).", "",
                "The own client:", "", *_table(keys, [[_cell(r.get(k)) for k in keys] for r in own]), ""]
         return out + _load_tail(d, wrk, name)
     out = ["### The service under load (`python -m bench.load`)", "",
