@@ -110,7 +110,12 @@ def bind(settings: Settings) -> socket.socket:
     address = sock.getsockname()  # the port bound, should FACEDET_PORT be 0
     sock.close()
     held = _reuse_port_socket(sock.family)
-    held.bind(address)
+    try:
+        held.bind(address)
+    except OSError as exc:  # taken in the moment between the two binds
+        held.close()
+        log.error("cannot hold %s: %s", address, exc)
+        sys.exit(STARTUP_FAILURE)
     held.set_inheritable(True)
     return held
 

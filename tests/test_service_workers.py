@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ import pytest
 
 from service.__main__ import main
 from service.cores import cpu_quota, usable_cores
-from service.process import ESTABLISHED, LISTEN, tcp_sockets
+from service.process import ESTABLISHED, LISTEN, free_port, tcp_sockets
 from service.settings import DEFAULT_MODELS_DIR, SettingsError, load_settings
 from service.workers import worker_count
 from tests.utils.images import encode, picture
@@ -127,6 +128,20 @@ def test_each_worker_listens_on_its_own_socket_and_a_taken_port_still_fails(tmp_
                                 capture_output=True, text=True, timeout=120, check=False)
         assert second.returncode == 3 and "address already in use" in (second.stdout + second.stderr).lower()
         assert detect(server, PHOTO) >= 0.0 and tcp_sockets(pids[0], server.port, LISTEN) == own[0]
+
+
+def test_a_port_taken_between_the_two_binds_stops_the_start(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    import service.workers as workers_module
+
+    class Taken(socket.socket):
+        def bind(self, address: object) -> None:
+            raise OSError(98, "Address already in use")
+
+    monkeypatch.setattr(workers_module, "_reuse_port_socket", lambda family: Taken(family, socket.SOCK_STREAM))
+    with pytest.raises(SystemExit) as stopped:
+        workers_module.bind(load_settings(port=free_port(), reuse_port=True))
+    assert stopped.value.code == workers_module.STARTUP_FAILURE and "cannot hold" in caplog.text
 
 
 def test_shared_socket_when_reuse_port_is_off(tmp_path: Path) -> None:
