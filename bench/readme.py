@@ -314,7 +314,7 @@ def localise(d: dict) -> list[str]:
                         [[r["detector"], *[f"{c['speed_1920x1280']['photos_per_s']:.2f} photos/s; "
                                            f"{c['precision']:.2f} / {c['recall']:.2f} of {c['faces']} faces"
                                            for c in r["by_min_face"]]] for r in d["rows"]]), "",
-                "Precision falls when only larger faces are asked for because a face under the size asked for can "
+                "Precision falls when only larger faces are asked for, mostly because a face under the size asked for can "
                 "still light up a larger window: its box is then too large to match the small face (IoU < 0.5) and "
                 "counts as a false alarm.", ""]
     timed = [(r["detector"], s, r["speed_" + s]["stages"]) for r in ours for s in d["settings"]["speed_sizes"]
