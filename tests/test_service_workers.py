@@ -119,8 +119,9 @@ def test_each_worker_listens_on_its_own_socket_and_a_taken_port_still_fails(tmp_
         finally:
             for client in clients:
                 client.close()
-        # The kernel spreads them by a hash of their addresses: 32 +- 4 each, and fewer than 16 once in ~10^4 runs.
-        assert sum(held) == 64 and min(held) >= 16, held
+        # The kernel spreads them by a hash of their addresses: 32 +- 4 each if it were fair coin flips; 22 to 32
+        # on the emptier worker in ~20 tries here. Under 12 would be a hash that hardly spreads them at all.
+        assert sum(held) == 64 and min(held) >= 12, held
         # Another service on the same port fails as without SO_REUSEPORT, rather than joining this one's sockets.
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("FACEDET_")},
                "FACEDET_WORKERS": "2", "FACEDET_PROVIDERS": "CPUExecutionProvider"}
