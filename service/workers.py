@@ -7,13 +7,14 @@ same HTTP protocol as a single process.
 
 Sockets (FACEDET_REUSE_PORT, on by default where the kernel balances SO_REUSEPORT: Linux): each worker listens on
 its own socket of the port, from when it is warmed up, and the kernel hands each new connection to one of the
-listening sockets by a hash of its addresses: kept-alive connections end up spread at random, 32 +- 4 of 64 on each
-of two workers. The supervisor holds the port with a socket that is bound but never listens, so it gets none. With
-one shared socket instead, the worker that wakes first accepts every connection waiting (asyncio accepts in a loop),
-so connections that open together on an idle service mostly go to one worker and stay there. Measured here with
-wrk's 64 opening at once on two idle workers, 10 starts each: the busier worker held 40-58 (mean 46) with a shared
-socket, 32-42 (mean 37) with a socket each (bench/scaling.py, its `shared` and `own` rows). The price: a worker
-that dies resets the connections still waiting in its own accept queue, which a shared socket would hand to another.
+listening sockets by a hash of its addresses: kept-alive connections end up spread at random (of 64 on two workers,
+22-42 on each in about 20 tries here). The supervisor holds the port with a socket that is bound but never
+listens, so it gets none. With one shared socket instead, the worker that wakes first accepts every connection
+waiting (asyncio accepts in a loop), so connections that open together on an idle service mostly go to one worker
+and stay there. Measured here with wrk's 64 opening at once on two idle workers, 10 starts each: the busier worker
+held 40-58 (mean 46) with a shared socket, 32-42 (mean 37) with a socket each (bench/scaling.py, its `shared` and
+`own` rows). The price: a worker that dies resets the connections still waiting in its own accept queue, which a
+shared socket would hand to another.
 
 Metrics: prometheus_client's multiprocess mode, in a private temporary PROMETHEUS_MULTIPROC_DIR made before the
 workers start and removed at exit; /metrics in any worker answers for all of them (service/metrics.py). Readiness:
