@@ -161,9 +161,12 @@ def load(d: dict, name: str = "load") -> list[str]:
            "peer and the framework floor classify one centre crop or do no work, so on that payload they are no "
            "like-for-like baseline: the localiser's own speed is in *Finding faces in photos* above. "
            "`detect-unbounded` is `detect` with no bound on the event loop's inline work per turn "
-           "(`FACEDET_INLINE_TURN_BUDGET_MS`), as before that setting. Every server is one process but "
-           "`detect-workers`, `detect` with the default worker count (one per usable core), as `python -m service` "
-           "starts; its CPU and memory are summed over its processes. `errors` counts every answer other than 200 "
+           "(`FACEDET_INLINE_TURN_BUDGET_MS`), as before that setting. "
+           + ("Every server is one process but `detect-workers`, `detect` with the default worker count (one per "
+              "usable core), as `python -m service` starts; its CPU and memory are summed over its processes. "
+              if any(r.get("target") == "detect-workers" for r in d["rows"]) else
+              "Every server is one process (`FACEDET_WORKERS=1`); the default worker count is in the next section. ")
+           + "`errors` counts every answer other than 200 "
            "(the photo payload's 503s, `FACEDET_MAX_QUEUE_WAIT_S`, among them; `p99_503_ms`: how fast they came).",
            "", "The own client (`bench/load_client.py`: latencies after a 1 s warm-up on open connections):", "",
            *_table(keys, [[_cell(r.get(k)) for k in keys] for r in own]), ""]
