@@ -140,41 +140,39 @@ def _cell(value) -> str:
 
 def load_workers(d: dict) -> list[str]:
     """bench.load's run of the default worker count beside one process and the floor (its own result file)."""
-    return load(d, "load_workers")
+    servers = " ".join(dict.fromkeys(r["target"] for r in d["rows"]))
+    return _load(d, "load_workers",
+                 f"### The default worker count under load (`python -m bench.load --servers {servers} --out "
+                 "load_workers`)",
+                 "The same benchmark with fewer servers: `detect-workers` is the service as `python -m service` "
+                 "starts it on this machine (`FACEDET_WORKERS` auto: one worker per usable core, each on its own "
+                 "socket), beside one process (`detect`) and the framework floor, in the same run. Its CPU and "
+                 "resident memory are summed over the supervisor and its workers (pages they share count once per "
+                 "process).", "The own client:")
 
 
-def load(d: dict, name: str = "load") -> list[str]:
+def load(d: dict) -> list[str]:
+    workers = ("Every server is one process but `detect-workers`, `detect` with the default worker count (one per "
+               "usable core), as `python -m service` starts; its CPU and memory are summed over its processes. "
+               if any(r.get("target") == "detect-workers" for r in d["rows"]) else
+               "Every server is one process (`FACEDET_WORKERS=1`); the default worker count is in the next section. ")
+    return _load(d, "load", "### The service under load (`python -m bench.load`)",
+                 "`detect` on the 640x480 JPEG finds every face in the photo (the localiser's pyramid scan); the naive "
+                 "peer and the framework floor classify one centre crop or do no work, so on that payload they are no "
+                 "like-for-like baseline: the localiser's own speed is in *Finding faces in photos* above. "
+                 "`detect-unbounded` is `detect` with no bound on the event loop's inline work per turn "
+                 "(`FACEDET_INLINE_TURN_BUDGET_MS`), as before that setting. " + workers +
+                 "`errors` counts every answer other than 200 (the photo payload's 503s, `FACEDET_MAX_QUEUE_WAIT_S`, "
+                 "among them; `p99_503_ms`: how fast they came).",
+                 "The own client (`bench/load_client.py`: latencies after a 1 s warm-up on open connections):")
+
+
+def _load(d: dict, name: str, heading: str, intro: str, own_title: str) -> list[str]:
+    """A bench.load result (`name`.json): the own client's table, wrk's, the summary, the source line."""
     own = [r for r in d["rows"] if r.get("generator", "own") == "own"]
     wrk = [r for r in d["rows"] if r.get("generator") == "wrk"]
     keys = ["target", "payload", "concurrency", "rps", "p50_ms", "p95_ms", "p99_ms", "errors", "p99_503_ms"]
-    if name == "load_workers":
-        servers = " ".join(dict.fromkeys(r["target"] for r in d["rows"]))
-        out = [f"### The default worker count under load (`python -m bench.load --servers {servers} --out {name}`)",
-               "", "The same benchmark with fewer servers: `detect-workers` is the service as `python -m service` "
-               "starts it on this machine (`FACEDET_WORKERS` auto: one worker per usable core, each on its own "
-               "socket), beside one process (`detect`) and the framework floor, in the same run. Its CPU and resident memory "
-               "are summed over the supervisor and its workers (pages they share count once per process).", "",
-               "The own client:", "", *_table(keys, [[_cell(r.get(k)) for k in keys] for r in own]), ""]
-        return out + _load_tail(d, wrk, name)
-    out = ["### The service under load (`python -m bench.load`)", "",
-           "`detect` on the 640x480 JPEG finds every face in the photo (the localiser's pyramid scan); the naive "
-           "peer and the framework floor classify one centre crop or do no work, so on that payload they are no "
-           "like-for-like baseline: the localiser's own speed is in *Finding faces in photos* above. "
-           "`detect-unbounded` is `detect` with no bound on the event loop's inline work per turn "
-           "(`FACEDET_INLINE_TURN_BUDGET_MS`), as before that setting. "
-           + ("Every server is one process but `detect-workers`, `detect` with the default worker count (one per "
-              "usable core), as `python -m service` starts; its CPU and memory are summed over its processes. "
-              if any(r.get("target") == "detect-workers" for r in d["rows"]) else
-              "Every server is one process (`FACEDET_WORKERS=1`); the default worker count is in the next section. ")
-           + "`errors` counts every answer other than 200 "
-           "(the photo payload's 503s, `FACEDET_MAX_QUEUE_WAIT_S`, among them; `p99_503_ms`: how fast they came).",
-           "", "The own client (`bench/load_client.py`: latencies after a 1 s warm-up on open connections):", "",
-           *_table(keys, [[_cell(r.get(k)) for k in keys] for r in own]), ""]
-    return out + _load_tail(d, wrk, name)
-
-
-def _load_tail(d: dict, wrk: list[dict], name: str) -> list[str]:
-    out = []
+    out = [heading, "", intro, "", own_title, "", *_table(keys, [[_cell(r.get(k)) for k in keys] for r in own]), ""]
     if wrk:
         w = d.get("wrk") or {}
         keys = ["target", "payload", "concurrency", "rps", "p50_ms", "p99_ms", "p999_ms", "max_ms", "timeouts",

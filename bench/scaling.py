@@ -41,9 +41,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bench.common import OUT_HELP, finish, load_average, load_note, machine, table
-from bench.load import PAYLOADS, cpu_s, drive_wrk, payloads, tree
+from bench.load import PAYLOADS, Server, drive_wrk, payloads, tree
 from service.cores import usable_cores
-from service.process import ESTABLISHED, ServerProcess, tcp_sockets
+from service.process import ESTABLISHED, tcp_sockets
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 0.8
@@ -96,21 +96,20 @@ def run_count(workers: int, sockets: str, files: dict, args: argparse.Namespace,
            "FACEDET_REUSE_PORT": "true" if sockets == "own" else "false"}
     if args.worker_threads:
         env["FACEDET_WORKER_THREADS"] = str(args.worker_threads)
-    server = ServerProcess([sys.executable, "-m", "service"], ROOT, env, log)
+    server = Server(f"workers={workers}", ["-m", "service"], env, log)
+    held: list[int] = []  # each worker's connections, halfway through the measured part
+    sample = threading.Timer(args.warmup + args.seconds / 2 if args.generator == "own" else args.seconds / 2,
+                             lambda: held.extend(sorted(len(tcp_sockets(p, server.port, ESTABLISHED))
+                                                        for p in worker_pids(server.proc.pid))))
     try:
         server.wait_ready(timeout=60 + 10 * workers)
         path, ctype = files[args.payload]
         concurrency = args.concurrency or 32 * workers
-        pids = tree(server.proc.pid)
-        cpu0 = sum(cpu_s(p) for p in pids)
-        held: list[int] = []  # each worker's connections, halfway through the measured part
-        sample = threading.Timer(args.warmup + args.seconds / 2 if args.generator == "own" else args.seconds / 2,
-                                 lambda: held.extend(sorted(len(tcp_sockets(p, server.port, ESTABLISHED))
-                                                            for p in worker_pids(server.proc.pid))))
+        cpu0 = server.cpu_s()
         if args.generator == "wrk":  # C, one thread: far less of the shared CPU than the own client takes
             drive_wrk(server, path, ctype, concurrency, args.warmup, WRK_TIMEOUT_S, log.parent)  # unmeasured
             time.sleep(IDLE_S)
-            cpu0 = sum(cpu_s(p) for p in pids)
+            cpu0 = server.cpu_s()
             sample.start()
             cell = drive_wrk(server, path, ctype, concurrency, args.seconds, WRK_TIMEOUT_S, log.parent)
             cell.update(ok=cell["requests"] - cell["errors"], client_cpu_s=None)
@@ -118,7 +117,7 @@ def run_count(workers: int, sockets: str, files: dict, args: argparse.Namespace,
             sample.start()
             cell = drive(f"{server.url}/v1/detect", path, ctype, concurrency, args.clients, args.seconds,
                          args.warmup)
-        server_cpu = sum(cpu_s(p) for p in pids) - cpu0
+        server_cpu = server.cpu_s() - cpu0
         memory = pss_mb(tree(server.proc.pid))
         sample.join()
     finally:
