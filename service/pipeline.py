@@ -22,8 +22,8 @@ from service.admission import Admission
 from service.batcher import MicroBatcher
 from service.budget import MB, decoded_bytes, scan_bytes
 from service.localiser import band_size, clip_boxes, face_square, locate, pyramid
-from service.preprocess import (Payload, centre_box, decode_batch, load, load_batch, load_photo, open_image,
-                                open_small, oriented_size, tiff_decode_unit, to_model_input)
+from service.preprocess import (Payload, centre_box, decode_batch, load, load_batch, load_photo, may_be_small,
+                                open_image, open_small, oriented_size, tiff_decode_unit, to_model_input)
 from service.problems import ProblemError
 from service.runtime import Runtime
 from service.settings import Settings
@@ -181,7 +181,7 @@ class Pipeline:
                 with self.reserve(images):
                     probabilities = await batcher.submit(payloads, len(payloads))
                 return self._crop_answers(model, ask, sizes, probabilities)
-        elif self.admission.inline_room():
+        elif may_be_small(payloads, self.settings.inline_max_pixels) and await self.admission.inline_turn():
             with self.admission.inline():
                 images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
                 if images is not None:
@@ -238,7 +238,7 @@ class Pipeline:
         if batcher is not None:
             with self.reserve(self.open_all(payloads)):
                 return await batcher.submit(payloads, len(payloads))
-        if self.admission.inline_room():
+        if may_be_small(payloads, self.settings.inline_max_pixels) and await self.admission.inline_turn():
             with self.admission.inline():
                 images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
                 if images is not None:  # small enough to be cheaper here than a round trip through the pool

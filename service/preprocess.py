@@ -192,6 +192,12 @@ def decode_batch(payloads: list[Payload], size: int, max_pixels: int) -> np.ndar
     return to_model_input([decode(data, size=size, max_pixels=max_pixels, label=label) for label, data in payloads])
 
 
+def may_be_small(payloads: list[Payload], limit: int) -> bool:
+    """Whether the request's files could hold at most `limit` pixels together, from their sizes alone: no more
+    bytes than an uncompressed RGBA image of that many pixels."""
+    return limit > 0 and sum(len(data) for _, data in payloads) <= 4 * limit
+
+
 def open_small(payloads: list[Payload], limit: int, max_pixels: int) -> list[tuple[str, Image.Image]] | None:
     """The request's images opened (headers only) if they hold at most `limit` pixels together, else None.
 
@@ -199,7 +205,7 @@ def open_small(payloads: list[Payload], limit: int, max_pixels: int) -> list[tup
     that small without unusual metadata, and then they simply take the pool). A bad file raises its
     ProblemError here, as it would in the pool.
     """
-    if limit <= 0 or sum(len(data) for _, data in payloads) > 4 * limit:
+    if not may_be_small(payloads, limit):
         return None
     images = [(label, open_image(data, max_pixels=max_pixels, label=label)) for label, data in payloads]
     if sum(im.width * im.height for _, im in images) > limit:

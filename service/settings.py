@@ -64,9 +64,10 @@ class Settings(BaseSettings):
     # not wait behind big ones. 512: two requests at the per-request limit, one per default worker thread.
     memory_budget_mb: int = Field(512, ge=64, le=1_048_576)
     inline_max_pixels: int = Field(4096, ge=0, le=1_000_000)
-    # ...but no more than this much of that work per turn of the event loop; the turn's other small requests go to
-    # the pool. Unbounded, a saturated loop spent ~1 ms on every ready request each turn, and a new connection
-    # waited through many such turns to be accepted and read (bench/load.py, wrk at 64 connections: ~1 s).
+    # ...but no more than this much of that work per turn of the event loop; the turn's other small requests wait
+    # for later turns, in the order they came (service/admission.py). Unbounded, a saturated loop spent ~1 ms on
+    # every ready request each turn, and a new connection waited through many such turns to be accepted and read
+    # (bench/load.py, wrk at 64 connections: ~1 s). 0: never inline, every request takes the pool.
     inline_turn_budget_ms: float = Field(2.0, ge=0.0, le=60_000.0)
     # Per worker process, as are max_queue, memory_budget_mb and max_connections: N workers run N x worker_threads
     # inferences at once. intra_op_threads=0 gives every session one thread per core in every worker: with

@@ -140,3 +140,50 @@ def test_with_no_inline_budget_small_requests_take_the_pool_and_answer_the_same(
             answers[budget] = probabilities(client, files)
             assert len(handoffs) == (0 if budget else 1)
     assert answers[2.0] == answers[0.0]
+
+
+def test_small_requests_over_a_turns_budget_wait_for_later_turns_in_arrival_order(make_settings: Callable) -> None:
+    """Past the turn's budget a small request neither takes the pool nor goes ahead of the ones already waiting: the
+    waiting ones run in later turns, first come first served, and one that is cancelled meanwhile (its client went
+    away) is skipped without holding up the rest."""
+    import asyncio
+    import time
+
+    from service.admission import Admission
+
+    async def scenario(admission: Admission) -> tuple[list[str], list[int]]:
+        order, turns, turn = [], [], [0]
+
+        async def count_turns() -> None:
+            while True:
+                await asyncio.sleep(0)
+                turn[0] += 1
+
+        async def request(name: str) -> None:
+            assert await admission.inline_turn()
+            with admission.inline():
+                time.sleep(0.003)  # 3 ms of work: over the whole 2 ms budget, so one request a turn
+            order.append(name)
+            turns.append(turn[0])
+
+        ticker = asyncio.ensure_future(count_turns())
+        first = [asyncio.ensure_future(request(name)) for name in "ABCD"]  # read in the same turn
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        late = asyncio.ensure_future(request("E"))  # read while B, C and D still wait
+        first[2].cancel()  # C's client goes away while it waits
+        await asyncio.gather(*first, late, return_exceptions=True)
+        ticker.cancel()
+        return order, turns
+
+    admission = Admission(make_settings(inline_turn_budget_ms=2.0))
+    try:
+        order, turns = asyncio.run(scenario(admission))
+        assert order == ["A", "B", "D", "E"]
+        assert turns[0] < turns[1] <= turns[2] <= turns[3]  # B waited for a later turn than A's
+        # A turn wakes as many as its budget is expected to hold: 2 ms at >= 1 ms a request (the running mean
+        # starts at half the budget and here only grows), so never more than two.
+        assert max(turns.count(t) for t in turns) <= 2
+        assert not admission._waiting and admission._granted == 0
+    finally:
+        admission.close()

@@ -128,3 +128,31 @@ def test_sigterm_turns_readiness_503_then_exits(models_dir: Path, tmp_path: Path
     assert '"POST /v1/detect HTTP/1.1" 200' in text  # FACEDET_ACCESS_LOG=true: one line per request
     assert "Traceback" not in text
 
+
+
+def test_the_server_freezes_what_start_up_made(make_settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once up, the server moves every object start-up made (modules, sessions, the app) out of the collector's
+    sight (gc.freeze), so a full collection under load scans only what requests left behind."""
+    import asyncio
+    import gc
+
+    import uvicorn
+
+    from service.admission import Admission
+    from service.server import DrainingServer, server_config
+
+    async def started(self, sockets=None) -> None:  # uvicorn's own start-up (lifespan, sockets) is not under test
+        self.started = True
+
+    monkeypatch.setattr(uvicorn.Server, "startup", started)
+    settings = make_settings()
+    admission = Admission(settings)
+    server = DrainingServer(server_config(settings, "service.main:app"), admission, 0.0)
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    try:
+        asyncio.run(server.startup())
+        assert server.started and gc.get_freeze_count() > 10_000
+    finally:
+        gc.unfreeze()
+        admission.close()
