@@ -5,8 +5,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
-import socket
 import signal
+import socket
 import time
 from types import FrameType
 

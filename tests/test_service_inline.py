@@ -162,7 +162,7 @@ def test_small_requests_over_a_turns_budget_wait_for_later_turns_in_arrival_orde
         async def request(name: str) -> None:
             assert await admission.inline_turn()
             with admission.inline():
-                time.sleep(0.003)  # 3 ms of work: over the whole 2 ms budget, so one request a turn
+                time.sleep(0.003)  # 3 ms of work: more than the whole 2 ms budget
             order.append(name)
             turns.append(turn[0])
 

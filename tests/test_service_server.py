@@ -129,7 +129,6 @@ def test_sigterm_turns_readiness_503_then_exits(models_dir: Path, tmp_path: Path
     assert "Traceback" not in text
 
 
-
 def test_the_server_freezes_what_start_up_made(make_settings, monkeypatch: pytest.MonkeyPatch) -> None:
     """Once up, the server moves every object start-up made (modules, sessions, the app) out of the collector's
     sight (gc.freeze), so a full collection under load scans only what requests left behind."""
