@@ -166,6 +166,11 @@ class Pipeline:
 
     # --- POST /detect ---
 
+    async def inline_turn(self, payloads: list[Payload]) -> bool:
+        """Whether this request's work is done on the event loop: its files are few enough bytes to hold at most
+        FACEDET_INLINE_MAX_PIXELS, and it has had its turn (Admission.inline_turn; a larger one never waits)."""
+        return may_be_small(payloads, self.settings.inline_max_pixels) and await self.admission.inline_turn()
+
     async def find_faces(self, model: str, payloads: list[Payload], ask: FindFaces) -> list[Answer]:
         """Every image's faces. Crops (no side over the manifest's crop_max_side) are classified whole, in one
         batch, as before, and answer with the centre square as their box; photos are scanned (service/localiser.py)."""
@@ -181,7 +186,7 @@ class Pipeline:
                 with self.reserve(images):
                     probabilities = await batcher.submit(payloads, len(payloads))
                 return self._crop_answers(model, ask, sizes, probabilities)
-        elif may_be_small(payloads, self.settings.inline_max_pixels) and await self.admission.inline_turn():
+        elif await self.inline_turn(payloads):
             with self.admission.inline():
                 images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
                 if images is not None:
@@ -238,7 +243,7 @@ class Pipeline:
         if batcher is not None:
             with self.reserve(self.open_all(payloads)):
                 return await batcher.submit(payloads, len(payloads))
-        if may_be_small(payloads, self.settings.inline_max_pixels) and await self.admission.inline_turn():
+        if await self.inline_turn(payloads):
             with self.admission.inline():
                 images = open_small(payloads, self.settings.inline_max_pixels, self.settings.max_image_pixels)
                 if images is not None:  # small enough to be cheaper here than a round trip through the pool
