@@ -8,9 +8,10 @@ cascade, on the same real photos in the same run.
 * Accuracy: precision, recall and average precision at IoU >= 0.5 against bench/photos/boxes.csv (20 photos,
   94 faces checked by eye, 'difficult' faces neither counted nor penalised), false alarms per photo, and false
   alarms on 10 face-free photos. The same figures on the held-out photos (bench/photos/boxes_heldout.csv: 14
-  photos, 19 faces), boxed after every setting was chosen and used for nothing else, so unflattered by them. Ours: training.evaluation.evaluate_photos, the same code as
-  `python -m training.evaluate --photos`. Haar: haarcascade_frontalface_default.xml, scaleFactor 1.1,
-  minNeighbors 5, minSize 40 px (OpenCV's usual call), score = its neighbour count.
+  photos, 19 faces), boxed after every setting was chosen and used for nothing else, so unflattered by them.
+  Ours: training.evaluation.evaluate_photos, the same code as `python -m training.evaluate --photos`. Haar:
+  haarcascade_frontalface_default.xml, scaleFactor 1.1, minNeighbors 5, minSize 40 px (OpenCV's usual call),
+  score = its neighbour count.
 * Speed: every face photo resized to about 640x480 and to about 1920x1280, each detector on 2 threads, one photo
   at a time, smallest face 40 px for all: photos/s and megapixels/s; for ours also the ms per photo of the scan
   (pyramid, scan, merge) and of the refining stage, and the candidates per photo.
