@@ -294,7 +294,8 @@ def localise(d: dict) -> list[str]:
            f"{cfg['scale_step']:.3f}, stride {cfg['stride']} px, NMS IoU {cfg['nms_iou']}; candidates from scan "
            f"threshold {cfg.get('scan_threshold', cfg['threshold'])} with {cfg['min_neighbours']} windows agreeing, "
            f"refined over {len(cfg.get('refine_shifts', [0])) ** 2 * len(cfg.get('refine_scales', [1]))} crops "
-           f"each, a face from crop probability {cfg['threshold']}.", "",
+           f"each{', moved by box_step ' + str(cfg['box_step']) + ' of the way the box head says and verified again' if 'box_step' in cfg else ''}, "
+           f"a face from score {cfg['threshold']}.", "",
            *_table(["detector", "precision", "recall", "AP", "false alarms / photo", "false alarms on face-free",
                     *[f"photos/s at {s}" for s in d["settings"]["speed_sizes"]]], rows), ""]
     for r in ours:

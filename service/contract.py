@@ -21,6 +21,9 @@ GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
     "fast_scan": (IMAGE_INPUT, ("approx_logit_map", "features")),
     # stage 2: the features of K windows [K, 72, 4, 4] -> their exact face logits [K]
     "window_head": ("features", ("logit",)),
+    # box regression (training/box_regression.py): the same features of K windows [K, 72, 4, 4] -> where the face
+    # is in each [K, 3]: centre offset x, y in window sides, log(face side / window side)
+    "box_head": ("features", ("box",)),
 }
 # model -> the graph roles the service needs from it (other graphs or models in the manifest are ignored).
 MODEL_GRAPHS: dict[str, tuple[str, ...]] = {"cnn": ("classifier", "scanner"),
@@ -28,5 +31,8 @@ MODEL_GRAPHS: dict[str, tuple[str, ...]] = {"cnn": ("classifier", "scanner"),
 # The fast scan's graphs: used where a model's manifest entry has both and its "fast_scan" record (manifests from
 # before it have neither, and are scanned by the scanner alone).
 FAST_SCAN_GRAPHS: tuple[str, ...] = ("fast_scan", "window_head")
+# The box head: used where a model's manifest entry has it, its "box_head" record and a fast scan (it reads the
+# fast scan's features); manifests from before it have none.
+BOX_HEAD_GRAPH = "box_head"
 # model -> the graph whose "logit" output is the face logit.
 SCORING_GRAPH: dict[str, str] = {"cnn": "classifier", "dbvae": "encoder"}

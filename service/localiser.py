@@ -4,7 +4,9 @@ then non-maximum suppression with each kept box averaged (by score) with the box
 boxes are candidates: each is refined and verified by cutting its square out at a small grid of shifts and
 sizes and scoring the 64x64 crops with the same graphs (on one window they are the crop classifier; cut from the
 luma where the fast scan takes luma); the best crop is the face, its probability the face's score, and overlaps
-among those are suppressed.
+among those are suppressed. Where the model has a box head (training/box_regression.py), each face is then moved
+part of the way to where the head says the face is in its crop, verified again at the moved crop, scored by the
+geometric mean of both crops' probabilities, and overlaps suppressed once more.
 
 A re-implementation of training/localiser.py's `Localiser.locate` (the two halves share no code;
 tests/test_localiser_refine.py checks that both find the same boxes). Parameters come from the manifest's
@@ -172,15 +174,43 @@ def refine(runtime: Runtime, model: str, image: Image.Image, boxes: np.ndarray, 
     squares = refine_squares(boxes, cfg, image.width, image.height)  # [K, G, 3]
     flat, probs = squares.reshape(-1, 3), []
     for start in range(0, len(flat), REFINE_BATCH):
-        crops = [np.atleast_3d(np.asarray(image.resize((cfg.window, cfg.window), Image.Resampling.BILINEAR,
-                                                       box=(l, t, l + s, t + s))))
-                 for l, t, s in flat[start:start + REFINE_BATCH]]  # [h, w, C] each
-        batch = np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        batch = crops_of(image, flat[start:start + REFINE_BATCH], cfg.window)
         probs.append(sigmoid(runtime.window_crop_logits(model, batch)))
     probs = np.concatenate(probs).reshape(squares.shape[:2])  # [K, G]
     pick = probs.argmax(axis=1)
     best = squares[np.arange(len(boxes)), pick]  # [K, 3]
     return np.c_[best[:, 0], best[:, 1], best[:, 2], best[:, 2], probs[np.arange(len(boxes)), pick]]
+
+
+def moved_squares(squares: np.ndarray, offsets: np.ndarray, step: float, width: int, height: int) -> np.ndarray:
+    """Squares [K, 3] (left, top, side) moved `step` of the way the box head's offsets [K, 3] (dx, dy in sides,
+    log of the face's side over the square's) say the face is, then moved (not shrunk) inside the photo."""
+    side0 = squares[:, 2]
+    cx = squares[:, 0] + side0 / 2 + step * offsets[:, 0] * side0
+    cy = squares[:, 1] + side0 / 2 + step * offsets[:, 1] * side0
+    side = np.minimum(side0 * np.exp(step * offsets[:, 2]), min(width, height))
+    return np.stack([np.clip(cx - side / 2, 0, width - side), np.clip(cy - side / 2, 0, height - side), side], 1)
+
+
+def crops_of(image: Image.Image, squares: np.ndarray, size: int) -> np.ndarray:
+    """Squares [n, 3] (left, top, side) of `image`, each resized to size x size -> float32 [n, C, size, size]."""
+    crops = [np.atleast_3d(np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=(l, t, l + s, t + s))))
+             for l, t, s in squares]
+    return np.ascontiguousarray(np.stack(crops).transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+
+
+def regress(runtime: Runtime, model: str, image: Image.Image, boxes: np.ndarray, cfg: Localiser) -> np.ndarray:
+    """Refined faces [K, 5] (squares) -> [K, 5]: each moved by the model's box head (moved_squares, box_step of
+    the way) and verified again there, REFINE_BATCH a run; its score the geometric mean of both crops'
+    probabilities, so a face must look like one where the head puts it too."""
+    out = []
+    for start in range(0, len(boxes), REFINE_BATCH):
+        part = boxes[start:start + REFINE_BATCH]
+        offsets = runtime.box_offsets(model, crops_of(image, part[:, :3], cfg.window))
+        moved = moved_squares(part[:, :3], offsets, cfg.box_step, image.width, image.height)
+        probs = sigmoid(runtime.window_crop_logits(model, crops_of(image, moved, cfg.window)))
+        out.append(np.c_[moved, moved[:, 2], np.sqrt(part[:, 4] * probs)])
+    return np.concatenate(out) if out else np.zeros((0, 5))
 
 
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -210,6 +240,8 @@ def locate(runtime: Runtime, model: str, image: Image.Image, threshold: float, m
     neighbours = cfg.min_neighbours if min_neighbours is None else min_neighbours
     candidates = merge(boxes, cfg.nms_iou, max(max_faces, cfg.max_faces), neighbours)
     refined = suppress(refine(runtime, model, scanned, candidates, cfg), cfg.nms_iou)
+    if runtime.has_box_head(model):
+        refined = suppress(regress(runtime, model, scanned, refined, cfg), cfg.nms_iou)
     faces = clip_boxes(refined[refined[:, 4] >= threshold][:max_faces], w, h)
     # With no candidate, the best window scanned; else the best refined crop, which may be below the threshold.
     return Found(faces, float(refined[0, 4]) if len(refined) else best)

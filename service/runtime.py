@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import FAST_SCAN_GRAPHS, GRAPH_IO, IMAGE_INPUT, MODEL_GRAPHS, SCORING_GRAPH
+from service.contract import BOX_HEAD_GRAPH, FAST_SCAN_GRAPHS, GRAPH_IO, IMAGE_INPUT, MODEL_GRAPHS, SCORING_GRAPH
 from service.fast_scan import HEAD_BATCH, band_logits
 from service.manifest import ModelError, load_manifest
 from service.schemas import Manifest
@@ -24,7 +24,9 @@ LEVEL_ROLES = ("scanner", "fast_scan")
 # Graph roles a photo's scan alternates between: their intra-op threads do not spin after a run, or they would
 # take the cores from the next role's run (1920x1280 photos 1.30 -> 0.97 s in training's copy of the localiser).
 # The crop graphs keep spinning: back-to-back micro-batches of one graph are what it helps.
-SCAN_ROLES = ("scanner", "fast_scan", "window_head")
+SCAN_ROLES = ("scanner", "fast_scan", "window_head", BOX_HEAD_GRAPH)
+# Windows a box head run takes at most: service/localiser.py moves a photo's refined faces REFINE_BATCH at a time.
+BOX_HEAD_BATCH = 64
 
 
 def sigmoid(logit: np.ndarray) -> np.ndarray:
@@ -91,12 +93,14 @@ class Runtime:
         graphs: dict[str, Graph] = {}
         for model, required in MODEL_GRAPHS.items():
             fast = manifest.models[model].fast_scan is not None
-            for role in (*required, *(FAST_SCAN_GRAPHS if fast else ())):
+            box = fast and manifest.models[model].box_head is not None  # it reads the fast scan's features
+            for role in (*required, *(FAST_SCAN_GRAPHS if fast else ()), *((BOX_HEAD_GRAPH,) if box else ())):
                 file = manifest.models[model].graphs[role]
                 session = open_session(settings, file, providers, spin=role not in SCAN_ROLES)
                 check_contract(session, file, role, manifest, model)
                 name_in, names_out = GRAPH_IO[role]
                 largest = (1 if role in LEVEL_ROLES else HEAD_BATCH if role == "window_head" else
+                           BOX_HEAD_BATCH if role == BOX_HEAD_GRAPH else
                            image_batch if name_in == IMAGE_INPUT else settings.max_morph_steps)
                 key = f"{model}.{role}"
                 graphs[key] = Graph(key, file, session, name_in, names_out, batch_buckets(largest))
@@ -150,6 +154,15 @@ class Runtime:
 
     def has_fast_scan(self, model: str) -> bool:
         return self.manifest.models[model].fast_scan is not None  # load() opened its graphs then
+
+    def has_box_head(self, model: str) -> bool:
+        return f"{model}.{BOX_HEAD_GRAPH}" in self.graphs  # load() opened it: the entry has it and a fast scan
+
+    def box_offsets(self, model: str, crops: np.ndarray) -> np.ndarray:
+        """Whole windows float32 [N, C, S, S] (C from the fast scan's input) -> where the face is in each, [N, 3]:
+        centre offset x, y in window sides and log(face side / window side), from the fast scan's features."""
+        features = self.graphs[f"{model}.fast_scan"].run(crops)["features"]
+        return self.graphs[f"{model}.{BOX_HEAD_GRAPH}"].run(features)["box"]
 
     def level_graph(self, model: str) -> Graph:
         """The graph a model's pyramid levels are scanned with: its fast scan's stage 1, else its scanner."""
@@ -248,7 +261,7 @@ def check_contract(session: ort.InferenceSession, file: str, role: str, manifest
     size = manifest.input.size
     if role == "fast_scan":
         expected = [1 if manifest.models[model].fast_scan.input == "luma" else 3, size, size]
-    elif role == "window_head":
+    elif role in ("window_head", BOX_HEAD_GRAPH):
         expected = [None, 4, 4]  # [K, channels, 4, 4]: the channels are the model's own
     else:
         expected = [3, size, size] if want_in == IMAGE_INPUT else [manifest.latent_dim]

@@ -66,6 +66,14 @@ class FastScan(BaseModel):
     max_error_near_threshold: float = Field(ge=0.0)
 
 
+class BoxHead(BaseModel):
+    """A model's box head (training/box_regression.py): a linear head on the fast scan's window features that says
+    where the face is in a window; its fit, as measured at training."""
+
+    features: Literal["fast_scan"]
+    r2_held_out: dict[str, float] = {}
+
+
 class ManifestModel(BaseModel):
     version: str
     threshold: float = Field(ge=0.0, le=1.0)
@@ -76,6 +84,7 @@ class ManifestModel(BaseModel):
     # Manifests from before it was written had RGB decoders.
     output_colour: Literal["rgb", "grey"] = "rgb"
     fast_scan: FastScan | None = None  # with its two graphs; manifests from before it have none
+    box_head: BoxHead | None = None  # with its graph; read only with a fast scan; manifests from before it have none
 
 
 class ManifestFile(BaseModel):
@@ -102,6 +111,8 @@ class Localiser(BaseModel):
     crop_max_side: int = Field(gt=0)
     # The fast scan's exact stage scores every window whose approximate logit is within this of scan_threshold's.
     fast_scan_margin: float = Field(2.0, gt=0.0)
+    # A refined box moves this share of the way its model's box head says the face is (where it has one).
+    box_step: float = Field(0.5, ge=0.0, le=1.0)
 
 
 class Manifest(BaseModel):
@@ -180,7 +191,7 @@ class DetectResponse(BaseModel):
                     "threshold": 0.5,
                     "provider": "CPUExecutionProvider",
                     "results": [{"filename": "photo.jpg", "face_probability": 0.9991, "is_face": True,
-                                 "threshold": 0.995, "faces": [{"box": {"x": 412, "y": 96, "width": 131,
+                                 "threshold": 0.985, "faces": [{"box": {"x": 412, "y": 96, "width": 131,
                                                                         "height": 131}, "score": 0.9991}]}],
                 }
             ]

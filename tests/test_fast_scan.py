@@ -93,7 +93,7 @@ def test_refining_crops_of_the_luma_score_as_the_scan_graph_scores_the_rgb_crops
     import json
 
     from service.localiser import refine as served_refine
-    from training.localiser import FastGraphs, Localiser, LocaliserConfig, refine_squares, square_crops
+    from training.localiser import FastGraphs, Localiser, LocaliserConfig, refine, refine_squares, square_crops
 
     entry = json.loads((MODELS / "manifest.json").read_text())["models"][model]
     cfg = LocaliserConfig(**json.loads((MODELS / "manifest.json").read_text())["localiser"])
@@ -112,9 +112,9 @@ def test_refining_crops_of_the_luma_score_as_the_scan_graph_scores_the_rgb_crops
     # The service's copy: the same logits for the same luma crops, and the same refined boxes.
     np.testing.assert_allclose(runtime.window_crop_logits(model, crops), got, rtol=0, atol=1e-5)
     served = served_refine(runtime, model, luma, boxes, runtime.manifest.localiser)
-    ours = trained.verified(photo, boxes)
-    assert len(served) == len(boxes) and len(ours) >= 1
-    assert {tuple(np.round(b[:4], 3)) for b in ours} <= {tuple(np.round(b[:4], 3)) for b in served}
+    ours = refine(luma, boxes, cfg, trained.crop_probabilities)
+    assert len(served) == len(ours) == len(boxes)
+    np.testing.assert_allclose(served, ours, rtol=0, atol=1e-4)
 
 
 def test_window_features_cut_each_windows_4x4_block() -> None:

@@ -49,6 +49,9 @@ def test_exports_follow_the_contract(trained):
     for name, meta in manifest["files"].items():
         data = (models / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == meta["sha256"] and len(data) == meta["bytes"]
+    for kind, entry in manifest["models"].items():  # box heads fitted on the exported fast scans' features
+        assert entry["graphs"]["box_head"] == f"{kind}_box_head.onnx" and entry["box_head"]["faces"] == 80
+        assert all(-1 <= r2 <= 1 for r2 in entry["box_head"]["r2_held_out"].values())
     mined = manifest["data"]["mined_non_faces"]  # two rounds of hard negatives, by default
     assert len(mined) == 2 and mined[0] > 0
     rec = manifest["models"]["dbvae"]["metrics"]["val"]["reconstruction"]  # the exported graphs, scored
@@ -324,9 +327,10 @@ def test_reexport_writes_the_fast_scan_from_the_checkpoints_and_keeps_the_record
     shutil.copytree(trained / "models", models)
     before = json.loads((models / "manifest.json").read_text())
     assert {"fast_scan", "window_head"} <= set(before["models"]["dbvae"]["graphs"])  # training exported it too
-    for entry in before["models"].values():  # as a manifest from before the fast scan
+    for entry in before["models"].values():  # as a manifest from before the fast scan and the box head
         entry.pop("fast_scan")
-        for role in ("fast_scan", "window_head"):
+        entry.pop("box_head")
+        for role in ("fast_scan", "window_head", "box_head"):
             (models / entry["graphs"].pop(role)).unlink()
     (models / "manifest.json").write_text(json.dumps(before))
     assert reexport_main(["--checkpoints", str(trained / "ckpt"), "--models", str(models)]) == 0
@@ -336,6 +340,7 @@ def test_reexport_writes_the_fast_scan_from_the_checkpoints_and_keeps_the_record
         assert entry["fast_scan"]["input"] == "luma" and entry["fast_scan"]["rank"] >= 64
         assert entry["graphs"]["fast_scan"] == f"{kind}_fast_scan.onnx" and (models / entry["graphs"]["window_head"]).is_file()
         assert entry["metrics"] == before["models"][kind]["metrics"] and entry["threshold"] == before["models"][kind]["threshold"]
+        assert entry["box_head"]["faces"] == 80 and (models / entry["graphs"]["box_head"]).is_file()
         scan = entry["graphs"]["scanner"]  # the same weights as training exported
         assert weights_digest(models / scan) == weights_digest(trained / "models" / scan)
     assert after["data"] == before["data"] and after["created"] == before["created"]

@@ -108,6 +108,18 @@ def misframe(faces: torch.Tensor, g: torch.Generator, backgrounds: torch.Tensor 
     return _warp(faces, theta, backgrounds, g)
 
 
+def placed(faces: torch.Tensor, side: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor,
+           backgrounds: torch.Tensor | None, g: torch.Generator) -> torch.Tensor:
+    """Faces [M, 3, H, W] as a window meets them that is not framed on them: each face scaled to `side` [M] of
+    the window (as a fraction), its centre moved by dx, dy [M] window sides from the window's centre, mirrored
+    where flip [M] is -1; the rest of the window shows a real scene from `backgrounds` (training/box_regression.py)."""
+    zero = torch.zeros_like(side)
+    # affine_grid maps output to input coordinates (both span 2): the face's centre lands on 2 * (dx, dy).
+    theta = torch.stack([torch.stack([flip / side, zero, -flip * 2 * dx / side], 1),
+                         torch.stack([zero, 1 / side, -2 * dy / side], 1)], 1)
+    return _warp(faces, theta, backgrounds, g)
+
+
 def _occlude(x: torch.Tensor, backgrounds: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
     """With probability p, cover a random rectangle (5-25% of the area) with the same place of a real
     scene, as glasses, a hand or a hat brim would: no single region of a face may decide the answer."""

@@ -23,6 +23,9 @@ GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
     "fast_scan": (IMAGE_INPUT, ("approx_logit_map", "features")),
     # stage 2: the features of K windows [K, 72, 4, 4] -> their exact face logits [K]
     "window_head": ("features", ("logit",)),
+    # box regression (training/box_regression.py): the same features of K windows [K, 72, 4, 4] -> where the face
+    # is in each [K, 3]: centre offset x, y in window sides, log(face side / window side)
+    "box_head": ("features", ("box",)),
 }
 # model -> graph role -> file in models/
 MODEL_FILES: dict[str, dict[str, str]] = {
@@ -33,6 +36,10 @@ MODEL_FILES: dict[str, dict[str, str]] = {
 }
 # The fast scan's graphs (training/fast_scan.py): optional for a reader, as manifests from before them lack them.
 FAST_SCAN_GRAPHS: tuple[str, ...] = ("fast_scan", "window_head")
+# The box head (training/box_regression.py): optional for a reader, as manifests from before it lack it; fitted on
+# the fast scan's features after export, so it is named here and not among the exporters' MODEL_FILES.
+BOX_HEAD_GRAPH = "box_head"
+BOX_HEAD_FILES: dict[str, str] = {model: f"{model}_box_head.onnx" for model in MODEL_FILES}
 MODEL_GRAPHS: dict[str, tuple[str, ...]] = {model: tuple(r for r in files if r not in FAST_SCAN_GRAPHS)
                                             for model, files in MODEL_FILES.items()}
 # model -> the graph whose "logit" output is the face logit

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from training import distributed
+from training.box_regression import add_box_heads
 from training.checkpoint import save_tuned
 from training.config import TrainConfig
 from training.distributed import Dist
@@ -113,6 +114,7 @@ def run(cfg: TrainConfig) -> dict | None:
         out_dir = Path(cfg.out_dir)
         entries = existing_entries(out_dir, cfg.model_list) if world.is_main else {}
         train_all(cfg, source, train_idx, val_idx, world, device, out_dir, entries, tune=cfg.mine_rounds == 0)
+        given = (source, train_idx)  # before mining: the box heads fit on these, as training.box_regression does
         for round_ in range(1, cfg.mine_rounds + 1):
             # Hard negatives: the exported scan graphs' false alarms on face-free scenes, then every model again
             # from scratch with them among its training non-faces.
@@ -133,6 +135,7 @@ def run(cfg: TrainConfig) -> dict | None:
         distributed.shutdown()
     if not world.is_main:
         return None
+    add_box_heads(out_dir, entries, *given, cfg.seed)
     # Evaluate the exported files themselves (ONNX Runtime), as the service will run them, before the manifest
     # is written: it is written once, whole, with these figures in it.
     card = CardInputs(CardConfig(resamples=cfg.fairness_resamples, seed=cfg.seed), cfg.hist_bins, cfg.smoothing,

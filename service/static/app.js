@@ -4,7 +4,7 @@
 
 const MODELS = { dbvae: "DB-VAE", cnn: "Standard CNN" };
 const $ = (id) => document.getElementById(id);
-const state = { photos: [], selected: null, morph: { a: null, b: null }, threshold: 0.995 };
+const state = { photos: [], selected: null, morph: { a: null, b: null }, threshold: 0.985 };
 
 // The lowest the slider goes. Each photo is asked for once at this threshold and the slider then only hides
 // faces in the browser. That is exact: the localiser's candidates come from the scan at the manifest's own
@@ -386,8 +386,9 @@ async function loadModels() {
     $("models-body").replaceChildren(
       el("p", { textContent: `Input ${body.input.size}×${body.input.size} RGB, latent space of `
         + `${body.latent_dim} dimensions. Photos are scanned for faces from ${body.localiser.min_face_size} px; `
-        + `the threshold starts at the localiser's ${fmt(threshold, 3)}: the probability the classifier gives `
-        + `a face's refined 64×64 crop. Candidates need ${body.localiser.min_neighbours ?? 1} scanned windows `
+        + `the threshold starts at the localiser's ${fmt(threshold, 3)}: a face's score, the probability the `
+        + `classifier gives its refined 64×64 crop (where the model has a box head, the geometric mean of that `
+        + `and of the crop the box head moves it to). Candidates need ${body.localiser.min_neighbours ?? 1} scanned windows `
         + `from ${fmt(body.localiser.scan_threshold ?? threshold, 2)} to agree on them.` }),
       el("p", { textContent: `Providers asked for: ${body.requested_providers.join(", ")}; available here: `
         + `${body.available_providers.join(", ")}.` }),
