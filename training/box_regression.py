@@ -37,6 +37,7 @@ from training.contract import BOX_HEAD_FILES, BOX_HEAD_GRAPH, GRAPH_IO
 from training.data.h5 import DataError, H5Source
 
 CHANNELS, SIDE = 72, 4  # a window's conv features: [72, 4, 4]
+MIN_FACES = 5  # training faces a fit needs: at least one held out for its R^2 and four to fit
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ def fit_box_head(models_dir: Path, kind: str, entry: dict, source: H5Source, tra
     faces = np.sort(train_idx[labels == 1])
     non_faces = np.sort(rng.choice(train_idx[labels == 0], min(cfg.backgrounds, int((labels == 0).sum())),
                                    replace=False))
+    if len(faces) < MIN_FACES:
+        raise DataError(f"the box head needs at least {MIN_FACES} training faces, the split holds {len(faces)}")
     order = rng.permutation(len(faces))
     held = max(1, round(cfg.held_out * len(faces)))
     g = torch.Generator().manual_seed(cfg.seed)
