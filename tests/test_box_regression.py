@@ -139,3 +139,20 @@ def test_the_service_refuses_a_box_head_record_without_its_graph(tmp_path: Path)
     (models / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError, match="model 'cnn' has a box_head record but no 'box_head' graph"):
         Runtime.load(Settings(models_dir=models, providers=["CPUExecutionProvider"]))
+
+
+def test_too_few_training_faces_get_a_clear_error(tmp_path: Path) -> None:
+    from training.box_regression import fit_box_head
+    from training.data.builtin import low_res
+    from training.data.h5 import DataError, H5Source, H5Writer
+
+    lfw = skimage.data.lfw_subset()  # 100 faces, then 100 background patches
+    images = np.stack([low_res(Image.fromarray((im * 255).astype(np.uint8))) for im in (*lfw[:3], *lfw[100:110])])
+    with H5Writer(tmp_path / "few.h5") as writer:
+        writer.append(images, np.r_[np.ones(3), np.zeros(10)])
+    source = H5Source(tmp_path / "few.h5")
+    entry = json.loads((MODELS / "manifest.json").read_text())["models"]["dbvae"]
+    with pytest.raises(DataError, match="at least 5 training faces, the split holds 3"):
+        # tmp_path as the models directory: without the check the fit would fail there on the missing fast scan
+        fit_box_head(tmp_path, "dbvae", entry, source, np.arange(13))
+    assert not (tmp_path / "dbvae_box_head.onnx").exists()
