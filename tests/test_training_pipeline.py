@@ -319,7 +319,7 @@ def test_worker_processes_read_the_same_batches(cache):
     torch.testing.assert_close(mu0, mu2, rtol=0, atol=0)
 
 
-def test_reexport_writes_the_fast_scan_from_the_checkpoints_and_keeps_the_records(trained, tmp_path, capsys):
+def test_reexport_writes_the_fast_scan_from_the_checkpoints_and_keeps_the_records(trained, cache, tmp_path, capsys):
     from training.data.packaged import weights_digest
     from training.reexport import main as reexport_main
 
@@ -333,7 +333,7 @@ def test_reexport_writes_the_fast_scan_from_the_checkpoints_and_keeps_the_record
         for role in ("fast_scan", "window_head", "box_head"):
             (models / entry["graphs"].pop(role)).unlink()
     (models / "manifest.json").write_text(json.dumps(before))
-    assert reexport_main(["--checkpoints", str(trained / "ckpt"), "--models", str(models)]) == 0
+    assert reexport_main(["--checkpoints", str(trained / "ckpt"), "--models", str(models), "--cache-dir", cache]) == 0
     after = json.loads((models / "manifest.json").read_text())
     assert capsys.readouterr().out.strip().endswith(f"written to {models}/")
     for kind, entry in after["models"].items():

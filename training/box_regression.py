@@ -16,7 +16,7 @@ crop again. The head is fitted on the exported fast-scan graph's own features (O
 numbers the service computes, and exported as its own graph (`box_head`) with a parity check.
 
     python -m training.box_regression                 # fit the heads of the models in models/ again
-    python -m training.box_regression --models DIR
+    python -m training.box_regression --models DIR --cache-dir DIR
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ from torch import nn
 from training.augment import GREY, placed
 from training.contract import BOX_HEAD_FILES, BOX_HEAD_GRAPH, GRAPH_IO
 from training.data.h5 import DataError, H5Source
+from training.environment import environment
 
 CHANNELS, SIDE = 72, 4  # a window's conv features: [72, 4, 4]
 MIN_FACES = 5  # training faces a fit needs: at least one held out for its R^2 and four to fit
@@ -154,33 +155,24 @@ def add_box_heads(models_dir: Path, entries: dict, source: H5Source, train_idx: 
             entry["box_head"] = fit_box_head(models_dir, kind, entry, source, train_idx, BoxFitConfig(seed=seed))
 
 
-def training_split(manifest: dict) -> tuple[H5Source, np.ndarray, int]:
-    """A trained manifest's own training data (built-in data rebuilt in FACEDET_CACHE), its training split and
-    seed, as `python -m training` drew them."""
-    from training.config import TrainConfig
-    from training.data.sources import open_source, stratified_split
-    from training.environment import environment
+def refit_entries(models_dir: Path, entries: dict, data: dict, cache_dir: str) -> None:
+    """Box heads for manifest entries from the manifest's own training split (its `data` entry, re-opened by
+    training.data.sources.manifest_split; built-in data is rebuilt in cache_dir when missing)."""
+    from training.data.sources import manifest_split
 
-    known = {f.name for f in fields(TrainConfig)}
-    recorded = {k: v for k, v in manifest["training"].items() if k in known}
-    if not Path(recorded.get("cache_dir", "")).is_dir():  # trained on another machine: this one's cache
-        recorded["cache_dir"] = str(environment().cache)
-    cfg = TrainConfig(**recorded)
-    source = open_source(cfg.source, h5=cfg.h5, faces=cfg.faces, non_faces=cfg.non_faces, cache_dir=cfg.cache_dir,
-                         builtin_non_faces=cfg.builtin_non_faces, seed=cfg.seed, builtin_faces=cfg.builtin_faces)
-    train_idx, _ = stratified_split(source.labels, cfg.val_fraction, cfg.seed)
-    return source, train_idx, cfg.seed
+    source, train_idx, _ = manifest_split(data, cache_dir)
+    add_box_heads(models_dir, entries, source, train_idx, data["seed"])
 
 
-def refit(models_dir: Path) -> dict:
-    """The box heads of a trained models directory fitted again from its manifest's training split -> the new
-    manifest; everything else in it stays but the localiser entry, written anew as reexport does."""
+def refit(models_dir: Path, cache_dir: str) -> dict:
+    """The box heads of a trained models directory fitted again -> the new manifest; everything else in it stays
+    but the localiser entry, written anew as reexport does."""
     from training.localiser import LocaliserConfig
     from training.manifest import load_manifest, write_manifest
 
     manifest = load_manifest(models_dir)
     entries = manifest["models"]
-    add_box_heads(models_dir, entries, *training_split(manifest))
+    refit_entries(models_dir, entries, manifest["data"], cache_dir)
     return write_manifest(models_dir, entries, manifest["latent_dim"], manifest["data"], manifest["training"],
                           LocaliserConfig().to_dict(), created=manifest.get("created"))
 
@@ -189,9 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training.box_regression", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="models", help="the trained models' directory (default: models)")
+    ap.add_argument("--cache-dir", default=str(environment().cache),
+                    help="where the built-in training set is cached or rebuilt (default: FACEDET_CACHE)")
     args = ap.parse_args(argv)
     try:
-        manifest = refit(Path(args.models))
+        manifest = refit(Path(args.models), args.cache_dir)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

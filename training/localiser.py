@@ -285,16 +285,14 @@ def regress(image: Image.Image, boxes: np.ndarray, cfg: LocaliserConfig, offsets
     there; its score the geometric mean of both crops' probabilities, so a face must look like one where the
     head puts it too (a texture that fools one crop rarely fools the moved one). `offsets`: crops float32
     [n, C, 64, 64] -> the box head's [n, 3]; `score`: crops -> face probability [n]."""
-    if not len(boxes):
-        return np.zeros((0, 5))
-    squares = boxes[:, :3]
-    moved = np.concatenate([moved_squares(squares[i:i + REFINE_BATCH],
-                                          offsets(square_crops(image, squares[i:i + REFINE_BATCH], cfg.window)),
-                                          cfg.box_step, image.width, image.height)
-                            for i in range(0, len(squares), REFINE_BATCH)])
-    probs = np.concatenate([score(square_crops(image, moved[i:i + REFINE_BATCH], cfg.window))
-                            for i in range(0, len(moved), REFINE_BATCH)])
-    return np.c_[moved[:, 0], moved[:, 1], moved[:, 2], moved[:, 2], np.sqrt(boxes[:, 4] * probs)]
+    out = []
+    for start in range(0, len(boxes), REFINE_BATCH):
+        part = boxes[start:start + REFINE_BATCH]
+        moved = moved_squares(part[:, :3], offsets(square_crops(image, part[:, :3], cfg.window)), cfg.box_step,
+                              image.width, image.height)
+        probs = score(square_crops(image, moved, cfg.window))
+        out.append(np.c_[moved, moved[:, 2], np.sqrt(part[:, 4] * probs)])
+    return np.concatenate(out) if out else np.zeros((0, 5))
 
 
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:

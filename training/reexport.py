@@ -16,9 +16,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from training.box_regression import add_box_heads, training_split
+from training.box_regression import refit_entries
 from training.checkpoint import load_checkpoint
 from training.data.h5 import DataError
+from training.environment import environment
 from training.export import EXPORTERS, ParityError
 from training.localiser import LocaliserConfig
 from training.manifest import load_manifest, write_manifest
@@ -29,7 +30,7 @@ from training.manifest import load_manifest, write_manifest
 EXPORTED = ("graphs", "parity_max_abs_error", "output_colour", "fast_scan", "version", "box_head")
 
 
-def reexport(checkpoints: Path, models_dir: Path) -> dict:
+def reexport(checkpoints: Path, models_dir: Path, cache_dir: str) -> dict:
     """Every model of the manifest in `models_dir`, exported again from `checkpoints` -> the new manifest."""
     manifest = load_manifest(models_dir)
     entries = {}
@@ -40,7 +41,7 @@ def reexport(checkpoints: Path, models_dir: Path) -> dict:
         model, _ = load_checkpoint(path)
         kept = {k: v for k, v in entry.items() if k not in EXPORTED}
         entries[kind] = {**kept, **EXPORTERS[kind](model, models_dir)}
-    add_box_heads(models_dir, entries, *training_split(manifest))
+    refit_entries(models_dir, entries, manifest["data"], cache_dir)
     return write_manifest(models_dir, entries, manifest["latent_dim"], manifest["data"], manifest["training"],
                           LocaliserConfig().to_dict(), created=manifest.get("created"))
 
@@ -50,9 +51,12 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoints", type=Path, default=Path("checkpoints"), help="where training saved <model>.pt")
     ap.add_argument("--models", type=Path, default=Path("models"), help="the models directory and its manifest")
+    ap.add_argument("--cache-dir", default=str(environment().cache),
+                    help="where the built-in training set the box heads fit on is cached or rebuilt (default: "
+                         "FACEDET_CACHE)")
     args = ap.parse_args(argv)
     try:
-        manifest = reexport(args.checkpoints, args.models)
+        manifest = reexport(args.checkpoints, args.models, args.cache_dir)
     except (DataError, ParityError, OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
