@@ -24,6 +24,9 @@ GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
     # box regression (training/box_regression.py): the same features of K windows [K, 72, 4, 4] -> where the face
     # is in each [K, 3]: centre offset x, y in window sides, log(face side / window side)
     "box_head": ("features", ("box",)),
+    # the level scan (training/level_scan.py): the fast scan's stage 1 for pyramid levels only, int8, reading the
+    # level at the manifest's input_scale (0.5: [N, C, H/2, W/2]) -> the same two outputs, in the same windows
+    "level_scan": (IMAGE_INPUT, ("approx_logit_map", "features")),
 }
 # model -> the graph roles the service needs from it (other graphs or models in the manifest are ignored).
 MODEL_GRAPHS: dict[str, tuple[str, ...]] = {"cnn": ("classifier", "scanner"),
@@ -34,5 +37,8 @@ FAST_SCAN_GRAPHS: tuple[str, ...] = ("fast_scan", "window_head")
 # The box head: used where a model's manifest entry has it, its "box_head" record and a fast scan (it reads the
 # fast scan's features); manifests from before it have none.
 BOX_HEAD_GRAPH = "box_head"
+# The level scan: used for pyramid levels where a model's manifest entry has it, its "level_scan" record and a fast
+# scan (its candidates are verified through the fast scan's graphs); manifests from before it have none.
+LEVEL_SCAN_GRAPH = "level_scan"
 # model -> the graph whose "logit" output is the face logit.
 SCORING_GRAPH: dict[str, str] = {"cnn": "classifier", "dbvae": "encoder"}

@@ -1,5 +1,6 @@
 """Find every face in a photo with a model's scan graph: an image pyramid, one ONNX Runtime run per level (through
-the model's fast scan where the manifest has one, service/fast_scan.py: on the photo's luma if it takes luma),
+the model's fast scan where the manifest has one, service/fast_scan.py: on the photo's luma if it takes luma; its
+stage 1 the level scan where there is one, at half the level's size, training/level_scan.py),
 then non-maximum suppression with each kept box averaged (by score) with the boxes it suppressed. Those merged
 boxes are candidates: each is refined and verified by cutting its square out at a small grid of shifts and
 sizes and scoring the 64x64 crops with the same graphs (on one window they are the crop classifier; cut from the
@@ -67,20 +68,35 @@ def level_pixels(image: Image.Image, scale: float, stride: int) -> np.ndarray:
     return np.pad(arr, ((0, -h % stride), (0, -w % stride), (0, 0)), mode="edge")
 
 
-def scan_level(runtime: Runtime, model: str, level: np.ndarray, cfg: Localiser,
+@dataclass(frozen=True)
+class Geometry:
+    """A scan's stride, window and band context in the pixels of the levels it reads: a level scan reads levels
+    at its input scale (0.5: half the size), so all three are that much smaller there."""
+
+    stride: int
+    window: int
+    context: int
+
+
+def geometry(cfg: Localiser, input_scale: float = 1.0) -> Geometry:
+    return Geometry(round(cfg.stride * input_scale), round(cfg.window * input_scale),
+                    round(BAND_CONTEXT * input_scale))
+
+
+def scan_level(runtime: Runtime, model: str, level: np.ndarray, geom: Geometry,
                band_pixels: int = SCAN_BAND_PIXELS) -> np.ndarray:
     """A level uint8 [H, W, C] -> its face logit map [H/stride - k + 1, W/stride - k + 1] (k = window / stride),
     exact from the scan threshold on, scanned in bands of about `band_pixels` pixels, context included."""
     height, width = level.shape[:2]
-    rows = height // cfg.stride - cfg.window // cfg.stride + 1
-    per_band = band_rows(width, cfg, band_pixels)
+    rows = height // geom.stride - geom.window // geom.stride + 1
+    per_band = band_rows(width, geom, band_pixels)
     maps = []
     for first in range(0, rows, per_band):
         last = min(rows, first + per_band)  # output rows [first, last)
-        top = max(0, first * cfg.stride - BAND_CONTEXT)
-        bottom = min(height, (last - 1) * cfg.stride + cfg.window + BAND_CONTEXT)
+        top = max(0, first * geom.stride - geom.context)
+        bottom = min(height, (last - 1) * geom.stride + geom.window + geom.context)
         band = to_floats(level[top:bottom])  # [1, C, h, W]
-        skip = (first * cfg.stride - top) // cfg.stride
+        skip = (first * geom.stride - top) // geom.stride
         maps.append(runtime.scan_band(model, band)[skip:skip + last - first])
     return np.concatenate(maps)
 
@@ -95,15 +111,15 @@ def to_floats(pixels: np.ndarray) -> np.ndarray:
     return x
 
 
-def band_rows(width: int, cfg: Localiser, band_pixels: int = SCAN_BAND_PIXELS) -> int:
+def band_rows(width: int, geom: Geometry, band_pixels: int = SCAN_BAND_PIXELS) -> int:
     """Output rows per band of a level `width` px wide: what fits in band_pixels with the window's own rows and
     the context on both sides; at least one (a level wider than band_pixels / (window + 2 context) goes over)."""
-    return max(1, (band_pixels // width - cfg.window - 2 * BAND_CONTEXT) // cfg.stride + 1)
+    return max(1, (band_pixels // width - geom.window - 2 * geom.context) // geom.stride + 1)
 
 
-def band_size(width: int, height: int, cfg: Localiser, band_pixels: int = SCAN_BAND_PIXELS) -> int:
+def band_size(width: int, height: int, geom: Geometry, band_pixels: int = SCAN_BAND_PIXELS) -> int:
     """Pixels of the largest band scan_level runs for a (padded) level of width x height."""
-    rows = (band_rows(width, cfg, band_pixels) - 1) * cfg.stride + cfg.window + 2 * BAND_CONTEXT
+    rows = (band_rows(width, geom, band_pixels) - 1) * geom.stride + geom.window + 2 * geom.context
     return width * min(height, rows)
 
 
@@ -232,8 +248,10 @@ def locate(runtime: Runtime, model: str, image: Image.Image, threshold: float, m
     found, best = [], 0.0
     fast = runtime.manifest.models[model].fast_scan
     scanned = image.convert("L") if fast is not None and fast.input == "luma" else image
+    s = runtime.level_input_scale(model)  # a level scan reads each level at this share of its size
+    geom = geometry(cfg, s)
     for scale in pyramid(w, h, cfg, min_face, max_pixels):
-        prob = sigmoid(scan_level(runtime, model, level_pixels(scanned, scale, cfg.stride), cfg))
+        prob = sigmoid(scan_level(runtime, model, level_pixels(scanned, scale * s, geom.stride), geom))
         best = max(best, float(prob.max(initial=0.0)))
         found.append(windows(prob, scale, cfg, cfg.scan_threshold))
     boxes = np.concatenate(found) if found else np.zeros((0, 5))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from service.contract import BOX_HEAD_GRAPH, FAST_SCAN_GRAPHS, MODEL_GRAPHS
+from service.contract import BOX_HEAD_GRAPH, FAST_SCAN_GRAPHS, LEVEL_SCAN_GRAPH, MODEL_GRAPHS
 from service.schemas import Manifest
 
 
@@ -53,11 +53,12 @@ def load_manifest(models_dir: Path) -> Manifest:
                 if file is None:
                     raise ModelError(f"{path}: model '{model}' has a fast_scan record but no '{graph}' graph")
                 verify_file(models_dir, manifest, file)
-        if manifest.models[model].box_head is not None:
-            file = manifest.models[model].graphs.get(BOX_HEAD_GRAPH)
-            if file is None:
-                raise ModelError(f"{path}: model '{model}' has a box_head record but no '{BOX_HEAD_GRAPH}' graph")
-            verify_file(models_dir, manifest, file)
+        for record, graph in (("box_head", BOX_HEAD_GRAPH), ("level_scan", LEVEL_SCAN_GRAPH)):
+            if getattr(manifest.models[model], record) is not None:
+                file = manifest.models[model].graphs.get(graph)
+                if file is None:
+                    raise ModelError(f"{path}: model '{model}' has a {record} record but no '{graph}' graph")
+                verify_file(models_dir, manifest, file)
     return manifest
 
 

@@ -21,7 +21,7 @@ from service import render
 from service.admission import Admission
 from service.batcher import MicroBatcher
 from service.budget import MB, decoded_bytes, scan_bytes
-from service.localiser import band_size, clip_boxes, face_square, locate, pyramid
+from service.localiser import band_size, clip_boxes, face_square, geometry, locate, pyramid
 from service.preprocess import (Payload, centre_box, decode_batch, load, load_batch, load_photo, may_be_small,
                                 open_image, open_small, oriented_size, tiff_decode_unit, to_model_input)
 from service.problems import ProblemError
@@ -125,7 +125,7 @@ class Pipeline:
                 scales = pyramid(im.width, im.height, cfg, min_face, self.settings.max_scan_pixels)
                 levels = [(round(im.width * s) + cfg.stride, round(im.height * s) + cfg.stride) for s in scales]
                 if levels:
-                    nbytes += scan_bytes(levels[0][0] * levels[0][1], band_size(*levels[0], cfg))
+                    nbytes += scan_bytes(levels[0][0] * levels[0][1], band_size(*levels[0], geometry(cfg)))
                     scanned += sum(w * h for w, h in levels)
             if nbytes > limit:
                 raise ProblemError(413, "image-too-large", "Image too large",

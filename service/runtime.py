@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
-from service.contract import BOX_HEAD_GRAPH, FAST_SCAN_GRAPHS, GRAPH_IO, IMAGE_INPUT, MODEL_GRAPHS, SCORING_GRAPH
+from service.contract import (BOX_HEAD_GRAPH, FAST_SCAN_GRAPHS, GRAPH_IO, IMAGE_INPUT, LEVEL_SCAN_GRAPH, MODEL_GRAPHS,
+                              SCORING_GRAPH)
 from service.fast_scan import HEAD_BATCH, band_logits
 from service.manifest import ModelError, load_manifest
 from service.schemas import Manifest
@@ -20,11 +21,11 @@ from service.settings import Settings
 log = logging.getLogger("service.runtime")
 WARM_UP_LEVEL = 256  # px: the side of the level each scan graph is timed on at warm-up
 # Graph roles that run one pyramid level (or band) of one photo at a time: their shapes vary, their batch does not.
-LEVEL_ROLES = ("scanner", "fast_scan")
+LEVEL_ROLES = ("scanner", "fast_scan", LEVEL_SCAN_GRAPH)
 # Graph roles a photo's scan alternates between: their intra-op threads do not spin after a run, or they would
 # take the cores from the next role's run (1920x1280 photos 1.30 -> 0.97 s in training's copy of the localiser).
 # The crop graphs keep spinning: back-to-back micro-batches of one graph are what it helps.
-SCAN_ROLES = ("scanner", "fast_scan", "window_head", BOX_HEAD_GRAPH)
+SCAN_ROLES = ("scanner", "fast_scan", "window_head", BOX_HEAD_GRAPH, LEVEL_SCAN_GRAPH)
 # Windows a box head run takes at most: service/localiser.py moves a photo's refined faces REFINE_BATCH at a time.
 BOX_HEAD_BATCH = 64
 
@@ -94,7 +95,10 @@ class Runtime:
         for model, required in MODEL_GRAPHS.items():
             fast = manifest.models[model].fast_scan is not None
             box = fast and manifest.models[model].box_head is not None  # it reads the fast scan's features
-            for role in (*required, *(FAST_SCAN_GRAPHS if fast else ()), *((BOX_HEAD_GRAPH,) if box else ())):
+            # its candidates are verified through the fast scan's graphs
+            level = fast and settings.level_scan and manifest.models[model].level_scan is not None
+            for role in (*required, *(FAST_SCAN_GRAPHS if fast else ()), *((BOX_HEAD_GRAPH,) if box else ()),
+                         *((LEVEL_SCAN_GRAPH,) if level else ())):
                 file = manifest.models[model].graphs[role]
                 session = open_session(settings, file, providers, spin=role not in SCAN_ROLES)
                 check_contract(session, file, role, manifest, model)
@@ -118,7 +122,9 @@ class Runtime:
             channels = graph_item_shape(self.level_graph(model).session)[0]
             level = np.zeros((1, channels, WARM_UP_LEVEL, WARM_UP_LEVEL), dtype=np.float32)
             seconds = min(_timed(self.scan_band, model, level) for _ in range(3))
-            self.scan_seconds_per_pixel = max(self.scan_seconds_per_pixel, seconds / WARM_UP_LEVEL ** 2)
+            # per pixel of the pyramid, as photo jobs count them: a level scan's level covers 1 / scale^2 of those
+            pixels = WARM_UP_LEVEL ** 2 / self.level_input_scale(model) ** 2
+            self.scan_seconds_per_pixel = max(self.scan_seconds_per_pixel, seconds / pixels)
         self.warmed_up = True
         log.info("warm-up done: %s", {k: g.warmed_batch_sizes for k, g in self.graphs.items()})
 
@@ -164,20 +170,33 @@ class Runtime:
         features = self.graphs[f"{model}.fast_scan"].run(crops)["features"]
         return self.graphs[f"{model}.{BOX_HEAD_GRAPH}"].run(features)["box"]
 
+    def has_level_scan(self, model: str) -> bool:
+        return f"{model}.{LEVEL_SCAN_GRAPH}" in self.graphs  # load() opened it: in the entry, with a fast scan, on
+
+    def level_input_scale(self, model: str) -> float:
+        """The size of the levels a model's scan reads, as a share of the pyramid's: its level scan's input
+        scale (0.5: half the width and height), else 1."""
+        return self.manifest.models[model].level_scan.input_scale if self.has_level_scan(model) else 1.0
+
     def level_graph(self, model: str) -> Graph:
-        """The graph a model's pyramid levels are scanned with: its fast scan's stage 1, else its scanner."""
+        """The graph a model's pyramid levels are scanned with: its level scan, else its fast scan's stage 1,
+        else its scanner."""
+        if self.has_level_scan(model):
+            return self.graphs[f"{model}.{LEVEL_SCAN_GRAPH}"]
         return self.graphs[f"{model}.fast_scan" if self.has_fast_scan(model) else f"{model}.scanner"]
 
     def scan_band(self, model: str, band: np.ndarray) -> np.ndarray:
-        """One band of a level, float32 [1, C, H, W] -> its face logit map, exact from the scan threshold on:
-        through the fast scan where the model has one (C from its input), else the scanner (C = 3)."""
+        """One band of a level, float32 [1, C, H, W] (at level_input_scale) -> its face logit map, exact from the
+        scan threshold on (with a level scan: close to it, export measures how close): through the fast scan's
+        two stages where the model has one (C from its input), else the scanner (C = 3)."""
         if not self.has_fast_scan(model):
             return self.scan(model, band)
         return band_logits(self, model, band, self.manifest.localiser.scan_threshold)
 
     def fast_scan(self, model: str, band: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Stage 1: a band [1, C, H, W] -> (approximate logit map [H', W'], conv features [72, H/16, W/16])."""
-        out = self.graphs[f"{model}.fast_scan"].run(band)
+        """Stage 1, through level_graph: a band [1, C, H, W] -> (approximate logit map [H', W'], conv features
+        [72, H'+3, W'+3]), H' = H / 16 - 3 of the pyramid's level."""
+        out = self.level_graph(model).run(band)
         return out["approx_logit_map"][0], out["features"][0]
 
     def window_logits(self, model: str, features: np.ndarray) -> np.ndarray:
@@ -259,7 +278,7 @@ def check_contract(session: ort.InferenceSession, file: str, role: str, manifest
                          f"contract for a {role} (inputs {[want_in]}, outputs {list(want_out)})")
     shape = inputs[want_in].shape
     size = manifest.input.size
-    if role == "fast_scan":
+    if role in ("fast_scan", LEVEL_SCAN_GRAPH):
         expected = [1 if manifest.models[model].fast_scan.input == "luma" else 3, size, size]
     elif role in ("window_head", BOX_HEAD_GRAPH):
         expected = [None, 4, 4]  # [K, channels, 4, 4]: the channels are the model's own

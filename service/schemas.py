@@ -74,6 +74,16 @@ class BoxHead(BaseModel):
     r2_held_out: dict[str, float] = {}
 
 
+class LevelScan(BaseModel):
+    """A model's level scan (training/level_scan.py): the fast scan's stage 1 for pyramid levels, read at
+    input_scale of the fast scan's level size, and its error against the fast scan measured at export."""
+
+    input_scale: float = Field(gt=0.0, le=1.0)
+    precision: str
+    max_error_near_threshold: float = Field(ge=0.0)
+    candidates_kept: float = Field(ge=0.0, le=1.0)
+
+
 class ManifestModel(BaseModel):
     version: str
     threshold: float = Field(ge=0.0, le=1.0)
@@ -85,6 +95,7 @@ class ManifestModel(BaseModel):
     output_colour: Literal["rgb", "grey"] = "rgb"
     fast_scan: FastScan | None = None  # with its two graphs; manifests from before it have none
     box_head: BoxHead | None = None  # with its graph; read only with a fast scan; manifests from before it have none
+    level_scan: LevelScan | None = None  # with its graph; used only with a fast scan; manifests from before it have none
 
 
 class ManifestFile(BaseModel):

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     # what a photo costs): a photo that would need more is scanned for larger faces only. 8 M lets a 1920x1280
     # photo be searched for 40 px faces (level 0 is 1.6x: 6.3 M pixels).
     max_scan_pixels: int = Field(8_000_000, ge=64 * 64, le=100_000_000)
+    # Scan pyramid levels with a model's level scan (training/level_scan.py: half the level size, int8) where its
+    # manifest has one; false: with the float32 fast scan, as before it. Found faces are scored alike either way.
+    level_scan: bool = True
     # /detect requests whose images hold at most this many pixels together (64 x 64: the model's own input
     # size) are decoded and classified on the event loop: cheaper than the hand-off to a worker thread and
     # back (bench/load.py). Larger ones use the pool. 0: always the pool.

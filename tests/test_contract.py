@@ -23,6 +23,7 @@ def test_both_sides_describe_the_same_graphs() -> None:
     assert served.MODEL_GRAPHS == trained.MODEL_GRAPHS
     assert served.FAST_SCAN_GRAPHS == trained.FAST_SCAN_GRAPHS
     assert served.BOX_HEAD_GRAPH == trained.BOX_HEAD_GRAPH
+    assert served.LEVEL_SCAN_GRAPH == trained.LEVEL_SCAN_GRAPH
     assert served.SCORING_GRAPH == trained.SCORING_GRAPH
 
 
@@ -39,7 +40,8 @@ def test_the_committed_manifest_follows_both_copies() -> None:
     assert raw["input"] == trained.INPUT
     assert manifest.input.size == trained.IMAGE_SIZE
     for model, files in trained.MODEL_FILES.items():
-        assert raw["models"][model]["graphs"] == {**files, trained.BOX_HEAD_GRAPH: trained.BOX_HEAD_FILES[model]}
+        assert raw["models"][model]["graphs"] == {**files, trained.BOX_HEAD_GRAPH: trained.BOX_HEAD_FILES[model],
+                                                   trained.LEVEL_SCAN_GRAPH: trained.LEVEL_SCAN_FILES[model]}
 
 
 def test_both_sides_refuse_images_over_the_same_pixel_cap() -> None:

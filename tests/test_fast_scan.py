@@ -16,10 +16,12 @@ MODELS = Path(__file__).resolve().parents[1] / "models"
 
 @pytest.fixture(scope="module")
 def runtime():
+    """The service's graphs with pyramid levels through the float32 fast scan, as these tests are about it (the
+    level scan, which replaces its stage 1 on levels by default, has its own: tests/test_level_scan.py)."""
     from service.runtime import Runtime
     from service.settings import Settings
 
-    return Runtime.load(Settings(models_dir=MODELS, providers=["CPUExecutionProvider"], workers=1))
+    return Runtime.load(Settings(models_dir=MODELS, providers=["CPUExecutionProvider"], workers=1, level_scan=False))
 
 
 def pictures() -> list[Image.Image]:
@@ -78,7 +80,7 @@ def test_training_and_service_fast_scans_give_the_same_map(runtime, model: str) 
     from training.localiser import FastGraphs, level_input
 
     entry = json.loads((MODELS / "manifest.json").read_text())["models"][model]
-    graphs = FastGraphs.from_entry(MODELS, entry)
+    graphs = FastGraphs.from_entry(MODELS, entry, level_scan=False)
     image = pictures()[2].resize((320, 320))
     x = level_input(graphs.level_image(image), 1.0, 16)
     for floor in (0.7, 0.05):

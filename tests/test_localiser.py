@@ -238,23 +238,32 @@ def test_the_scan_budget_setting_bounds_what_detect_scans(make_settings) -> None
 
 
 @pytest.mark.parametrize("model", ["dbvae", "cnn"])
-def test_a_level_scanned_in_bands_scores_exactly_as_in_one_run(model: str) -> None:
+@pytest.mark.parametrize("level_scan", [True, False])
+def test_a_level_scanned_in_bands_scores_exactly_as_in_one_run(model: str, level_scan: bool) -> None:
     """The committed scan graphs (their convolutions see past a window's edge) on a real 1920x1280 photo's first
-    level, through the scan the service uses (the fast scan, on luma): bands with their context rows give the
-    whole level's logit map, band by band, whatever the band size."""
-    from service.localiser import band_rows, band_size, level_pixels, scan_level
+    level, through the scan the service uses (the level scan at half the level's size, or the float32 fast scan,
+    on luma): bands with their context rows give the whole level's logit map, band by band, whatever the band
+    size."""
+    from service.localiser import band_rows, band_size, geometry, level_pixels, scan_level
     from service.runtime import Runtime
     from service.settings import Settings
 
     runtime = Runtime.load(Settings(models_dir=Path(__file__).resolve().parents[1] / "models",
-                                    providers=["CPUExecutionProvider"], workers=1))
+                                    providers=["CPUExecutionProvider"], workers=1, level_scan=level_scan))
     cfg = runtime.manifest.localiser
-    assert runtime.has_fast_scan(model)
+    assert runtime.has_fast_scan(model) and runtime.has_level_scan(model) == level_scan
+    s = runtime.level_input_scale(model)
+    assert s == (0.5 if level_scan else 1.0)
+    geom = geometry(cfg, s)
+    assert (geom.stride, geom.window, geom.context) == (16 * s, 64 * s, 32 * s)
     photo = Image.fromarray(load_sample_image("china.jpg")).resize((1920, 1280)).convert("L")
-    level = level_pixels(photo, cfg.window / cfg.min_face_size, cfg.stride)  # 3072 x 2048, multiples of 16
-    assert level.shape == (2048, 3072, 1) and level.dtype == np.uint8
+    level = level_pixels(photo, cfg.window / cfg.min_face_size * s, geom.stride)  # 3072 x 2048 (x s), on the stride
+    width = round(3072 * s)
+    assert level.shape == (round(2048 * s), width, 1) and level.dtype == np.uint8
     whole = runtime.scan_band(model, (level.transpose(2, 0, 1)[None] / np.float32(255)).astype(np.float32))
-    for band_pixels in (600_000, 1024 * 1024):  # 5 and 14 rows of windows a band
-        assert band_rows(3072, cfg, band_pixels) == (band_pixels // 3072 - 64 - 64) // 16 + 1
-        assert band_size(3072, 2048, cfg, band_pixels) <= band_pixels
-        np.testing.assert_allclose(scan_level(runtime, model, level, cfg, band_pixels), whole, rtol=0, atol=1e-5)
+    assert whole.shape == (2048 // 16 - 3, 3072 // 16 - 3)  # the same windows at either size
+    for band_pixels in (600_000 * s * s, 1024 * 1024 * s * s):  # 5 and 14 rows of windows a band
+        band_pixels = int(band_pixels)
+        assert band_rows(width, geom, band_pixels) == (band_pixels // width - 128 * s) // (16 * s) + 1
+        assert band_size(width, round(2048 * s), geom, band_pixels) <= band_pixels
+        np.testing.assert_allclose(scan_level(runtime, model, level, geom, band_pixels), whole, rtol=0, atol=1e-5)

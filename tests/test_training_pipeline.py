@@ -52,6 +52,11 @@ def test_exports_follow_the_contract(trained):
     for kind, entry in manifest["models"].items():  # box heads fitted on the exported fast scans' features
         assert entry["graphs"]["box_head"] == f"{kind}_box_head.onnx" and entry["box_head"]["faces"] == 80
         assert all(-1 <= r2 <= 1 for r2 in entry["box_head"]["r2_held_out"].values())
+        # level scans built from the exported fast scans: the grey low-pass front end folds to half resolution
+        level = entry["level_scan"]
+        assert entry["graphs"]["level_scan"] == f"{kind}_level_scan.onnx" and (models / f"{kind}_level_scan.onnx").is_file()
+        assert level["input_scale"] == 0.5 and level["precision"] == "int8" and level["calibration_levels"] > 0
+        assert 0 <= level["candidates_kept"] <= 1 and level["max_error_near_threshold"] >= 0
     mined = manifest["data"]["mined_non_faces"]  # two rounds of hard negatives, by default
     assert len(mined) == 2 and mined[0] > 0
     rec = manifest["models"]["dbvae"]["metrics"]["val"]["reconstruction"]  # the exported graphs, scored
@@ -327,10 +332,10 @@ def test_reexport_writes_the_fast_scan_from_the_checkpoints_and_keeps_the_record
     shutil.copytree(trained / "models", models)
     before = json.loads((models / "manifest.json").read_text())
     assert {"fast_scan", "window_head"} <= set(before["models"]["dbvae"]["graphs"])  # training exported it too
-    for entry in before["models"].values():  # as a manifest from before the fast scan and the box head
-        entry.pop("fast_scan")
-        entry.pop("box_head")
-        for role in ("fast_scan", "window_head", "box_head"):
+    for entry in before["models"].values():  # as a manifest from before the fast, level scans and the box head
+        for role in ("fast_scan", "box_head", "level_scan"):
+            entry.pop(role)
+        for role in ("fast_scan", "window_head", "box_head", "level_scan"):
             (models / entry["graphs"].pop(role)).unlink()
     (models / "manifest.json").write_text(json.dumps(before))
     assert reexport_main(["--checkpoints", str(trained / "ckpt"), "--models", str(models), "--cache-dir", cache]) == 0
@@ -341,6 +346,7 @@ def test_reexport_writes_the_fast_scan_from_the_checkpoints_and_keeps_the_record
         assert entry["graphs"]["fast_scan"] == f"{kind}_fast_scan.onnx" and (models / entry["graphs"]["window_head"]).is_file()
         assert entry["metrics"] == before["models"][kind]["metrics"] and entry["threshold"] == before["models"][kind]["threshold"]
         assert entry["box_head"]["faces"] == 80 and (models / entry["graphs"]["box_head"]).is_file()
+        assert entry["level_scan"]["input_scale"] == 0.5 and (models / entry["graphs"]["level_scan"]).is_file()
         scan = entry["graphs"]["scanner"]  # the same weights as training exported
         assert weights_digest(models / scan) == weights_digest(trained / "models" / scan)
     assert after["data"] == before["data"] and after["created"] == before["created"]

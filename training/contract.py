@@ -26,6 +26,9 @@ GRAPH_IO: dict[str, tuple[str, tuple[str, ...]]] = {
     # box regression (training/box_regression.py): the same features of K windows [K, 72, 4, 4] -> where the face
     # is in each [K, 3]: centre offset x, y in window sides, log(face side / window side)
     "box_head": ("features", ("box",)),
+    # the level scan (training/level_scan.py): the fast scan's stage 1 for pyramid levels only, int8, reading the
+    # level at the manifest's input_scale (0.5: [N, C, H/2, W/2]) -> the same two outputs, in the same windows
+    "level_scan": (IMAGE_INPUT, ("approx_logit_map", "features")),
 }
 # model -> graph role -> file in models/
 MODEL_FILES: dict[str, dict[str, str]] = {
@@ -40,6 +43,10 @@ FAST_SCAN_GRAPHS: tuple[str, ...] = ("fast_scan", "window_head")
 # the fast scan's features after export, so it is named here and not among the exporters' MODEL_FILES.
 BOX_HEAD_GRAPH = "box_head"
 BOX_HEAD_FILES: dict[str, str] = {model: f"{model}_box_head.onnx" for model in MODEL_FILES}
+# The level scan (training/level_scan.py): optional for a reader, as manifests from before it lack it; built from
+# the exported fast scan after export, so named here and not among MODEL_FILES.
+LEVEL_SCAN_GRAPH = "level_scan"
+LEVEL_SCAN_FILES: dict[str, str] = {model: f"{model}_level_scan.onnx" for model in MODEL_FILES}
 MODEL_GRAPHS: dict[str, tuple[str, ...]] = {model: tuple(r for r in files if r not in FAST_SCAN_GRAPHS)
                                             for model, files in MODEL_FILES.items()}
 # model -> the graph whose "logit" output is the face logit

@@ -21,6 +21,9 @@ larger than the face. Where the model has a box head (training/box_regression.py
 window's conv features), a third stage moves each face's square part of the way to where the head says the face
 is, verifies the moved crop too, and scores the face by the geometric mean of both crops' probabilities (`regress`).
 
+Where the model has a level scan (training/level_scan.py: the fast scan's stage 1 at half resolution and in int8),
+the pyramid's levels are scanned by it, at half the size; everything after the scan stays float32.
+
 At one 64x64 window the scan graph is exactly the classifier (export checks it to 1e-4); inside a larger image
 a window also sees its neighbours through the convs' padding, so its score is close to, not equal to, the
 crop's. The service re-implements `locate` in service/localiser.py (tests/test_localiser_refine.py compares
@@ -39,7 +42,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from training.contract import BOX_HEAD_GRAPH, GRAPH_IO, IMAGE_SIZE
+from training.contract import BOX_HEAD_GRAPH, GRAPH_IO, IMAGE_SIZE, LEVEL_SCAN_GRAPH
 from training.fast_scan import survivors, window_features
 from training.metrics import sigmoid
 from training.model import DBVAE, FaceCNN
@@ -319,10 +322,11 @@ class Localiser:
         self.box = session(box_head, threads) if box_head is not None and fast is not None else None
 
     @classmethod
-    def for_model(cls, models_dir: Path, entry: dict, cfg: LocaliserConfig, threads: int = 0) -> Localiser:
-        """A manifest entry's localiser: the fast scan and the box head where the entry has them (older
-        manifests do not)."""
-        fast = FastGraphs.from_entry(models_dir, entry, threads) if "fast_scan" in entry else None
+    def for_model(cls, models_dir: Path, entry: dict, cfg: LocaliserConfig, threads: int = 0,
+                  level_scan: bool = True) -> Localiser:
+        """A manifest entry's localiser: the fast scan, its level scan and the box head where the entry has them
+        (older manifests do not); level_scan=False leaves the level scan out."""
+        fast = FastGraphs.from_entry(models_dir, entry, threads, level_scan) if "fast_scan" in entry else None
         box = models_dir / entry["graphs"][BOX_HEAD_GRAPH] if "box_head" in entry else None
         return cls(models_dir / entry["graphs"]["scanner"], cfg, threads, fast, box)
 
@@ -333,8 +337,11 @@ class Localiser:
     def level_logits(self, image: Image.Image, scale: float, floor: float) -> np.ndarray:
         """One pyramid level's logit map, exact wherever it reaches `floor` (with the fast scan, `image` is the
         photo's luma where its input is luma)."""
-        x = level_input(image, scale, self.cfg.stride)
-        return self.logit_map(x) if self.fast is None else self.fast.logit_map(x, floor, self.cfg.fast_scan_margin)
+        if self.fast is None:
+            return self.logit_map(level_input(image, scale, self.cfg.stride))
+        s = self.fast.input_scale  # the level scan's levels are this much smaller, and so is their stride
+        x = level_input(image, scale * s, round(self.cfg.stride * s))
+        return self.fast.logit_map(x, floor, self.cfg.fast_scan_margin)
 
     def locate(self, image: Image.Image, threshold: float | None = None, min_face: int | None = None,
                max_faces: int | None = None) -> np.ndarray:
@@ -413,27 +420,35 @@ HEAD_BATCH = 4096
 
 @dataclass
 class FastGraphs:
-    """A model's two fast-scan graphs (training/fast_scan.py) and what its level looks like."""
+    """A model's two fast-scan graphs (training/fast_scan.py), what its level looks like, and its level scan
+    (training/level_scan.py) where it has one: pyramid levels are scanned by that, at its input scale."""
 
     scan: ort.InferenceSession
     head: ort.InferenceSession
     luma: bool  # the level is the photo's luma (PIL "L"), else RGB
+    level: ort.InferenceSession | None = None  # the level scan: stage 1 for pyramid levels, int8
+    input_scale: float = 1.0  # the level scan's level size, as a share of the fast scan's
 
     @classmethod
-    def from_entry(cls, models_dir: Path, entry: dict, threads: int = 0) -> FastGraphs:
+    def from_entry(cls, models_dir: Path, entry: dict, threads: int = 0, level_scan: bool = True) -> FastGraphs:
+        """level_scan=False: the entry's level scan (where it has one) is left out, levels go through stage 1."""
         graphs = entry["graphs"]
+        level = level_scan and LEVEL_SCAN_GRAPH in entry
         return cls(session(models_dir / graphs["fast_scan"], threads), session(models_dir / graphs["window_head"],
-                   threads), entry["fast_scan"]["input"] == "luma")
+                   threads), entry["fast_scan"]["input"] == "luma",
+                   session(models_dir / graphs[LEVEL_SCAN_GRAPH], threads) if level else None,
+                   entry[LEVEL_SCAN_GRAPH]["input_scale"] if level else 1.0)
 
     def level_image(self, image: Image.Image) -> Image.Image:
         return image.convert("L") if self.luma and image.mode != "L" else image
 
     def logit_map(self, x: np.ndarray, floor: float, margin: float) -> np.ndarray:
-        """A level [1, C, H, W] -> its logit map [H/16 - 3, W/16 - 3]: stage 1's, with stage 2's exact logits
+        """A level [1, C, H, W] (at input_scale of the fast scan's size) -> its logit map [H/16 - 3, W/16 - 3]
+        (H, W of the fast scan's level): stage 1's (the level scan's where there is one), with stage 2's logits
         at every position within `margin` of `floor`'s logit."""
         scan_in, scan_out = GRAPH_IO["fast_scan"]
         head_in, (head_out,) = GRAPH_IO["window_head"]
-        approx, features = self.scan.run(list(scan_out), {scan_in: x})
+        approx, features = (self.level or self.scan).run(list(scan_out), {scan_in: x})
         logits = approx[0]
         rows, cols = survivors(logits, floor, margin)
         for start in range(0, len(rows), HEAD_BATCH):
@@ -442,7 +457,7 @@ class FastGraphs:
         return logits
 
     def features(self, crops: np.ndarray) -> np.ndarray:
-        """Whole windows [n, C, 64, 64] -> stage 1's conv features [n, 72, 4, 4]."""
+        """Whole windows [n, C, 64, 64] -> stage 1's conv features [n, 72, 4, 4] (the float32 fast scan's)."""
         scan_in, (_, features_out) = GRAPH_IO["fast_scan"]
         return self.scan.run([features_out], {scan_in: crops})[0]
 

@@ -20,6 +20,7 @@ from training.data.sources import open_source, provenance, stratified_split
 from training.decoder_tuning import tune_decoder, tuning_faces
 from training.evaluation import evaluate_models
 from training.fairness import CardConfig, CardInputs
+from training.level_scan import add_level_scans
 from training.export import EXPORTERS
 from training.localiser import LocaliserConfig
 from training.mining import mine
@@ -135,6 +136,8 @@ def run(cfg: TrainConfig) -> dict | None:
         distributed.shutdown()
     if not world.is_main:
         return None
+    localiser = LocaliserConfig()
+    add_level_scans(out_dir, entries, localiser.scan_threshold, localiser.fast_scan_margin)
     add_box_heads(out_dir, entries, *given, cfg.seed)
     # Evaluate the exported files themselves (ONNX Runtime), as the service will run them, before the manifest
     # is written: it is written once, whole, with these figures in it.
@@ -146,7 +149,7 @@ def run(cfg: TrainConfig) -> dict | None:
         entries[kind]["fairness"] = m["fairness"]
         entries[kind]["metrics"]["val"] = {k: v for k, v in m.items() if k not in ("version", "threshold", "fairness")}
     manifest = write_manifest(out_dir, entries, cfg.latent_dim, data, {**cfg.to_dict(), "processes": world.world},
-                              LocaliserConfig().to_dict())
+                              localiser.to_dict())
     print(f"\nValidation split ({data['val']['faces']} faces, {data['val']['non_faces']} non-faces), ONNX Runtime:")
     print(format_table(evaluation))
     print(f"models and manifest written to {out_dir}/")

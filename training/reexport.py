@@ -3,8 +3,8 @@ training again, and rewrite the manifest: for a change in how the graphs are exp
 not in what the models learnt. The weights come from `checkpoints/<model>.pt` (for the DB-VAE the tuned model
 that `python -m training` exported), every graph passes the same parity checks as in training, and the
 manifest keeps its data, training and evaluation records and its "created" time (when they were measured), with
-the localiser entry, the box heads (fitted again on the new features) and the graphs' hashes and versions
-written anew.
+the localiser entry, the level scans (built again from the new fast scans), the box heads (fitted again on the new
+features) and the graphs' hashes and versions written anew.
 
     python -m training.reexport                            # checkpoints/ -> models/
     python -m training.reexport --checkpoints DIR --models DIR
@@ -21,13 +21,15 @@ from training.checkpoint import load_checkpoint
 from training.data.h5 import DataError
 from training.environment import environment
 from training.export import EXPORTERS, ParityError
+from training.level_scan import add_level_scans
 from training.localiser import LocaliserConfig
 from training.manifest import load_manifest, write_manifest
 
 # What an export writes into a manifest entry; everything else in the entry (threshold, metrics, fairness) stays.
 # The box head is fitted on the fast scan's features, so it is fitted again on the new graphs' (from the
 # manifest's own training data and split, training/box_regression.py).
-EXPORTED = ("graphs", "parity_max_abs_error", "output_colour", "fast_scan", "version", "box_head")
+# So is the level scan, built from the fast scan's graph (training/level_scan.py).
+EXPORTED = ("graphs", "parity_max_abs_error", "output_colour", "fast_scan", "version", "box_head", "level_scan")
 
 
 def reexport(checkpoints: Path, models_dir: Path, cache_dir: str) -> dict:
@@ -41,9 +43,11 @@ def reexport(checkpoints: Path, models_dir: Path, cache_dir: str) -> dict:
         model, _ = load_checkpoint(path)
         kept = {k: v for k, v in entry.items() if k not in EXPORTED}
         entries[kind] = {**kept, **EXPORTERS[kind](model, models_dir)}
+    localiser = LocaliserConfig()
+    add_level_scans(models_dir, entries, localiser.scan_threshold, localiser.fast_scan_margin)
     refit_entries(models_dir, entries, manifest["data"], cache_dir)
     return write_manifest(models_dir, entries, manifest["latent_dim"], manifest["data"], manifest["training"],
-                          LocaliserConfig().to_dict(), created=manifest.get("created"))
+                          localiser.to_dict(), created=manifest.get("created"))
 
 
 def main(argv=None) -> int:
