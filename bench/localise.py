@@ -15,6 +15,8 @@ cascade, on the same real photos in the same run.
 * Speed: every face photo resized to about 640x480 and to about 1920x1280, each detector on 2 threads, one photo
   at a time, smallest face 40 px for all: photos/s and megapixels/s; for ours also the ms per photo of the scan
   (pyramid, scan, merge) and of the refining stage, and the candidates per photo.
+* The level scan (training/level_scan.py): each of our models again with it off (the float32 fast scan over the
+  levels, as FACEDET_LEVEL_SCAN=false), in the same run: precision and recall on both photo sets, photos/s.
 * The smallest face asked for (the service's `min_face_size`; Haar's minSize): for each of MIN_FACES, photos/s at
   about 1920x1280 and precision and recall on the photo set, where the faces whose box's larger side is under it
   are neither counted nor penalised, as 'difficult' ones are. What a user trades by asking only for larger faces.
@@ -32,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 from bench.common import OUT_HELP, PHOTO_SET, fetch_photos, finish, heldout_photos, load_note, machine, table
+from training.contract import LEVEL_SCAN_GRAPH
 from training.environment import environment
 from training.evaluation import evaluate_photos, open_photo, read_boxes, score_photos
 from training.localiser import Localiser, LocaliserConfig
@@ -122,6 +125,23 @@ def by_min_face(locate, photos: dict, truth: dict, large: list[Image.Image], sec
     return rows
 
 
+def without_level_scan(models_dir: Path, manifest: dict, cfg: LocaliserConfig, args, photos: dict, truth: dict,
+                       held_photos: dict, held_truth: dict, sized: dict) -> dict:
+    """Each of our models that has a level scan, run again in the same run with it off (FACEDET_LEVEL_SCAN=false:
+    the float32 fast scan over the levels): precision and recall on both photo sets, and photos/s at both sizes."""
+    out = {}
+    for kind, entry in manifest["models"].items():
+        if LEVEL_SCAN_GRAPH not in entry:
+            continue
+        plain = Localiser.for_model(models_dir, entry, cfg, args.threads, level_scan=False)
+        scored = {name: {k: v for k, v in score_photos(plain.locate, p, t).items() if k != "photos"}
+                  for name, p, t in (("photos", photos, truth), ("heldout", held_photos, held_truth))}
+        out[f"ours ({kind})"] = {**scored["photos"], "heldout": scored["heldout"],
+                                 **{f"speed_{label}": speed(plain.locate, resized, args.seconds)
+                                    for label, resized in sized.items()}}
+    return out
+
+
 def run(args) -> dict:
     info = machine(args.threads)
     folder = fetch_photos(Path(args.photos) if args.photos else environment().cache / "photos")
@@ -155,6 +175,7 @@ def run(args) -> dict:
         row["by_min_face"] = by_min_face(at, photos, truth, sized["1920x1280"], args.seconds, row)
         rows.append(row)
         print(f"  {name}: precision {row['precision']:.3f} recall {row['recall']:.3f}", flush=True)
+    ablation = without_level_scan(models_dir, manifest, cfg, args, photos, truth, held_photos, held_truth, sized)
     if args.example:
         dbvae = "dbvae" if "dbvae" in ours["models"] else next(iter(ours["models"]))
         photo_sheet(ours, dbvae, folder / "photos", truth, ROOT / args.example, tile=420, only=README_EXAMPLE)
@@ -168,7 +189,7 @@ def run(args) -> dict:
             "settings": {"threads": args.threads, "seconds_per_cell": args.seconds, "opencv": cv2.__version__,
                          "haar": "haarcascade_frontalface_default.xml, scaleFactor 1.1, minNeighbors 5, minSize 40",
                          "speed_sizes": list(SIZES), "min_faces": list(MIN_FACES)},
-            "rows": rows, "example": args.example}
+            "rows": rows, "without_level_scan": ablation, "example": args.example}
 
 
 def main(argv=None) -> int:

@@ -335,6 +335,21 @@ def localise(d: dict) -> list[str]:
         out += ["Where our time goes, ms per photo: " + "; ".join(
             f"{name} at {size}: scan {t['scan_ms']:.0f}, refining {t['refine_ms']:.0f} "
             f"({t['candidates_per_photo']:.1f} candidates)" for name, size, t in timed) + ".", ""]
+    plain = d.get("without_level_scan") or {}
+    if plain:
+        with_it = {r["detector"]: r for r in ours}
+        out += ["The level scan (`training/level_scan.py`: each level's first stage at half the size and in int8) in "
+                "the same run, against the float32 fast scan over the levels (`FACEDET_LEVEL_SCAN=false`), photos/s "
+                "at " + " and ".join(d["settings"]["speed_sizes"]) + ", precision / recall on the photo set and on "
+                "the held-out photos: " + "; ".join(
+                    f"{name} " + ", ".join(f"{p['speed_' + s]['photos_per_s']:.2f} → "
+                                           f"{with_it[name]['speed_' + s]['photos_per_s']:.2f}"
+                                           for s in d["settings"]["speed_sizes"])
+                    + f" photos/s, {p['precision']:.3f} / {p['recall']:.3f} → {with_it[name]['precision']:.3f} / "
+                      f"{with_it[name]['recall']:.3f}, held-out {p['heldout']['precision']:.3f} / "
+                      f"{p['heldout']['recall']:.3f} → {with_it[name]['heldout']['precision']:.3f} / "
+                      f"{with_it[name]['heldout']['recall']:.3f}"
+                    for name, p in plain.items() if name in with_it) + ".", ""]
     if ours:
         def met(ok: bool) -> str:
             return "met" if ok else "MISSED"

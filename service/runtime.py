@@ -171,7 +171,8 @@ class Runtime:
         return self.graphs[f"{model}.{BOX_HEAD_GRAPH}"].run(features)["box"]
 
     def has_level_scan(self, model: str) -> bool:
-        return f"{model}.{LEVEL_SCAN_GRAPH}" in self.graphs  # load() opened it: in the entry, with a fast scan, on
+        # load() opened it: the entry has it and a fast scan, and FACEDET_LEVEL_SCAN is on
+        return f"{model}.{LEVEL_SCAN_GRAPH}" in self.graphs
 
     def level_input_scale(self, model: str) -> float:
         """The size of the levels a model's scan reads, as a share of the pyramid's: its level scan's input

@@ -336,7 +336,7 @@ class Localiser:
 
     def level_logits(self, image: Image.Image, scale: float, floor: float) -> np.ndarray:
         """One pyramid level's logit map, exact wherever it reaches `floor` (with the fast scan, `image` is the
-        photo's luma where its input is luma)."""
+        photo's luma where its input is luma; with a level scan, close to exact: training/level_scan.py)."""
         if self.fast is None:
             return self.logit_map(level_input(image, scale, self.cfg.stride))
         s = self.fast.input_scale  # the level scan's levels are this much smaller, and so is their stride
