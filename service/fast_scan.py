@@ -34,7 +34,8 @@ def window_features(features: np.ndarray, rows: np.ndarray, cols: np.ndarray) ->
 
 
 def band_logits(runtime: Runtime, model: str, band: np.ndarray, floor: float) -> np.ndarray:
-    """A band float32 [1, C, H, W] -> its logit map [H/16 - 3, W/16 - 3], exact from `floor` on."""
+    """A band float32 [1, C, H, W] -> its logit map [H/16 - 3, W/16 - 3] (of the pyramid level: a level scan reads
+    it at half the size), exact from `floor` on (with a level scan, close: training/level_scan.py)."""
     approx, features = runtime.fast_scan(model, band)
     rows, cols = survivors(approx, floor, runtime.manifest.localiser.fast_scan_margin)
     for start in range(0, len(rows), HEAD_BATCH):

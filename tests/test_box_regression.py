@@ -127,20 +127,6 @@ def test_the_cli_fits_the_committed_heads_again(tmp_path: Path, capsys) -> None:
     assert "no manifest.json" in capsys.readouterr().err
 
 
-def test_the_service_refuses_a_box_head_record_without_its_graph(tmp_path: Path) -> None:
-    from service.manifest import ModelError
-    from service.runtime import Runtime
-    from service.settings import Settings
-
-    models = tmp_path / "models"
-    shutil.copytree(MODELS, models)
-    manifest = json.loads((models / "manifest.json").read_text())
-    del manifest["models"]["cnn"]["graphs"]["box_head"]
-    (models / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelError, match="model 'cnn' has a box_head record but no 'box_head' graph"):
-        Runtime.load(Settings(models_dir=models, providers=["CPUExecutionProvider"]))
-
-
 def test_too_few_training_faces_get_a_clear_error(tmp_path: Path) -> None:
     from training.box_regression import fit_box_head
     from training.data.builtin import low_res

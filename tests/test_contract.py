@@ -4,7 +4,10 @@ the two copies must say the same, and what training writes must be what the serv
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 from service import contract as served
 from service.schemas import Manifest
@@ -46,3 +49,18 @@ def test_the_committed_manifest_follows_both_copies() -> None:
 
 def test_both_sides_refuse_images_over_the_same_pixel_cap() -> None:
     assert training_image.MAX_PIXELS == Settings.model_fields["max_image_pixels"].default
+
+
+@pytest.mark.parametrize("record", ["box_head", "level_scan"])
+def test_the_service_refuses_a_record_without_its_graph(tmp_path: Path, record: str) -> None:
+    """A model entry's box_head or level_scan record names a graph the entry must have (both optional)."""
+    from service.manifest import ModelError
+    from service.runtime import Runtime
+
+    models = tmp_path / "models"
+    shutil.copytree(MODELS, models)
+    manifest = json.loads((models / "manifest.json").read_text())
+    del manifest["models"]["cnn"]["graphs"][record]
+    (models / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=f"model 'cnn' has a {record} record but no '{record}' graph"):
+        Runtime.load(Settings(models_dir=models, providers=["CPUExecutionProvider"]))

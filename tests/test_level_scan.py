@@ -187,17 +187,3 @@ def test_the_cli_builds_the_committed_level_scans_again(tmp_path: Path, capsys) 
         np.testing.assert_allclose(maps[1], maps[0], rtol=0, atol=0.05)
     assert main(["--models", str(tmp_path / "none")]) == 2
     assert "no manifest.json" in capsys.readouterr().err
-
-
-def test_the_service_refuses_a_level_scan_record_without_its_graph(tmp_path: Path) -> None:
-    from service.manifest import ModelError
-    from service.runtime import Runtime
-    from service.settings import Settings
-
-    models = tmp_path / "models"
-    shutil.copytree(MODELS, models)
-    manifest = json.loads((models / "manifest.json").read_text())
-    del manifest["models"]["cnn"]["graphs"]["level_scan"]
-    (models / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelError, match="model 'cnn' has a level_scan record but no 'level_scan' graph"):
-        Runtime.load(Settings(models_dir=models, providers=["CPUExecutionProvider"]))

@@ -33,13 +33,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader
 
-from training.contract import GRAPH_IO, LEVEL_SCAN_FILES, LEVEL_SCAN_GRAPH
+from training.contract import LEVEL_SCAN_FILES, LEVEL_SCAN_GRAPH
 from training.data.h5 import DataError
-from training.fast_scan import logit, survivors, window_features
+from training.fast_scan import logit
 
 # Half-size pixel n of the up-sampled picture (align_corners=False, scale 2): full-size pixel 2m is
 # 0.25 u[m-1] + 0.75 u[m], pixel 2m + 1 is 0.75 u[m] + 0.25 u[m+1] (u the half-size picture).
@@ -164,34 +163,22 @@ def quantise(model: onnx.ModelProto, levels: list[np.ndarray], out: Path) -> Non
                         weight_type=QuantType.QInt8)
 
 
-def two_stage(scan: ort.InferenceSession, head: ort.InferenceSession, level: np.ndarray, floor: float,
-              margin: float) -> np.ndarray:
-    """A level through stage 1 and (within `margin` of `floor`'s logit) the window head -> its logit map."""
-    scan_in, scan_out = GRAPH_IO["fast_scan"]
-    head_in, (head_out,) = GRAPH_IO["window_head"]
-    approx, features = scan.run(list(scan_out), {scan_in: level})
-    logits = approx[0]
-    rows, cols = survivors(logits, floor, margin)
-    if len(rows):
-        logits[rows, cols] = head.run([head_out], {head_in: window_features(features[0], rows, cols)})[0]
-    return logits
-
-
 def compare(fast: Path, head: Path, level_scan: Path, input_scale: float, levels: list[np.ndarray],
             scan_threshold: float, margin: float) -> dict:
     """The level scan against the float32 fast scan, both through the window head, on full-size `levels`: the
     largest logit error over windows either puts within 2 x margin of the threshold, inside the level and in its
     EDGE_WINDOWS outermost rows and columns (a folded graph's inputs differ there: see the module's docstring),
     and the share of the candidate windows it keeps, edges included."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    fast_s, head_s, level_s = (ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"])
-                               for p in (fast, head, level_scan))
+    from training.localiser import FastGraphs, session
+
+    fast_s, head_s, level_s = (session(p) for p in (fast, head, level_scan))
+    # Both through the localiser's own two stages (luma or not only matters for cutting crops, not done here).
+    plain, rebuilt = FastGraphs(fast_s, head_s, True), FastGraphs(fast_s, head_s, True, level_s, input_scale)
     thr = logit(scan_threshold)
     worst, candidates, kept, windows = {"inside": 0.0, "edges": 0.0}, 0, 0, 0
     for level in levels:
-        exact = two_stage(fast_s, head_s, level, scan_threshold, margin)
-        got = two_stage(level_s, head_s, half_size(level) if input_scale < 1 else level, scan_threshold, margin)
+        exact = plain.logit_map(level, scan_threshold, margin)
+        got = rebuilt.logit_map(half_size(level) if input_scale < 1 else level, scan_threshold, margin)
         windows += exact.size
         candidates += int((exact >= thr).sum())
         kept += int(((exact >= thr) & (got >= thr)).sum())
