@@ -295,7 +295,9 @@ def localise(d: dict) -> list[str]:
            f"threshold {cfg.get('scan_threshold', cfg['threshold'])} with {cfg['min_neighbours']} windows agreeing, "
            f"refined over {len(cfg.get('refine_shifts', [0])) ** 2 * len(cfg.get('refine_scales', [1]))} crops "
            f"each{', moved by box_step ' + str(cfg['box_step']) + ' of the way the box head says and verified again' if 'box_step' in cfg else ''}, "
-           f"a face from score {cfg['threshold']}.", "",
+           f"a face from score {cfg['threshold']}"
+           f"{', one mostly inside a better one dropped (nested_overlap ' + str(cfg['nested_overlap']) + ')' if 'nested_overlap' in cfg else ''}.",
+           "",
            *_table(["detector", "precision", "recall", "AP", "false alarms / photo", "false alarms on face-free",
                     *[f"photos/s at {s}" for s in d["settings"]["speed_sizes"]]], rows), ""]
     for r in ours:

@@ -7,7 +7,8 @@ sizes and scoring the 64x64 crops with the same graphs (on one window they are t
 luma where the fast scan takes luma); the best crop is the face, its probability the face's score, and overlaps
 among those are suppressed. Where the model has a box head (training/box_regression.py), each face is then moved
 part of the way to where the head says the face is in its crop, verified again at the moved crop, scored by the
-geometric mean of both crops' probabilities, and overlaps suppressed once more.
+geometric mean of both crops' probabilities, and overlaps suppressed once more. Last, a face mostly inside a
+better-scoring one is dropped (the manifest's nested_overlap).
 
 A re-implementation of training/localiser.py's `Localiser.locate` (the two halves share no code;
 tests/test_localiser_refine.py checks that both find the same boxes). Parameters come from the manifest's
@@ -166,6 +167,25 @@ def suppress(boxes: np.ndarray, nms_iou: float) -> np.ndarray:
     return np.array(kept).reshape(-1, 5)
 
 
+def drop_nested(boxes: np.ndarray, overlap: float) -> np.ndarray:
+    """Best first, a box goes when a kept (better) box covers more than `overlap` of the smaller of the two."""
+    order = boxes[np.argsort(-boxes[:, 4], kind="stable")]
+    kept: list[np.ndarray] = []
+    for box in order:
+        if not kept or (covered(box, np.array(kept)) <= overlap).all():
+            kept.append(box)
+    return np.array(kept).reshape(-1, 5)
+
+
+def covered(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Intersection of one box with each of boxes [K, >=4] over the smaller one's area."""
+    x0, y0 = np.maximum(box[0], boxes[:, 0]), np.maximum(box[1], boxes[:, 1])
+    x1 = np.minimum(box[0] + box[2], boxes[:, 0] + boxes[:, 2])
+    y1 = np.minimum(box[1] + box[3], boxes[:, 1] + boxes[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    return inter / np.minimum(box[2] * box[3], boxes[:, 2] * boxes[:, 3])
+
+
 def refine_squares(boxes: np.ndarray, cfg: Localiser, width: int, height: int) -> np.ndarray:
     """Candidates [K, >=4] -> their refining squares [K, G, 3] (left, top, side), the unmoved one first: each
     candidate's square (its larger side, same centre) moved by every shift along x and y and resized by every
@@ -260,6 +280,7 @@ def locate(runtime: Runtime, model: str, image: Image.Image, threshold: float, m
     refined = suppress(refine(runtime, model, scanned, candidates, cfg), cfg.nms_iou)
     if runtime.has_box_head(model):
         refined = suppress(regress(runtime, model, scanned, refined, cfg), cfg.nms_iou)
+    refined = drop_nested(refined, cfg.nested_overlap)
     faces = clip_boxes(refined[refined[:, 4] >= threshold][:max_faces], w, h)
     # With no candidate, the best window scanned; else the best refined crop, which may be below the threshold.
     return Found(faces, float(refined[0, 4]) if len(refined) else best)

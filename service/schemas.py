@@ -124,6 +124,9 @@ class Localiser(BaseModel):
     fast_scan_margin: float = Field(2.0, gt=0.0)
     # A refined box moves this share of the way its model's box head says the face is (where it has one).
     box_step: float = Field(0.5, ge=0.0, le=1.0)
+    # A face covering more than this share of a better face's (the smaller's area) is dropped; 1 (manifests from
+    # before it): none is.
+    nested_overlap: float = Field(1.0, ge=0.0, le=1.0)
 
 
 class Manifest(BaseModel):

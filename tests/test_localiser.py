@@ -82,6 +82,35 @@ def test_nms_merges_the_overlapping_windows_into_one_face(client: TestClient) ->
     assert len(merge(boxes, nms_iou=0.3, max_faces=10, min_neighbours=3)) == 0
 
 
+@pytest.mark.parametrize("side", ["training", "service"])
+def test_a_face_mostly_inside_a_better_one_is_dropped(side: str) -> None:
+    from service.localiser import drop_nested as served
+    from training.localiser import drop_nested as trained
+
+    drop_nested = trained if side == "training" else served
+    # A 100 px face (0.99); a worse 40 px box inside it, covered all over (though only 1600 / 10000 = 0.16 of the
+    # face's area); a worse 40 px box half inside it (800 / 1600 = 0.5), and one elsewhere.
+    boxes = np.array([[0, 0, 100, 100, 0.99], [30, 30, 40, 40, 0.5], [80, 0, 40, 40, 0.9],
+                      [300, 0, 40, 40, 0.8]], dtype=float)
+    np.testing.assert_array_equal(drop_nested(boxes, 0.6), boxes[[0, 2, 3]])
+    np.testing.assert_array_equal(drop_nested(boxes, 0.4), boxes[[0, 3]])  # 0.5 > 0.4: the half-inside one too
+    np.testing.assert_array_equal(drop_nested(boxes, 1.0), boxes[[0, 2, 3, 1]])  # 1: off, best first
+    # The inner box better than the face around it: the face goes, and the half-inside box, apart from the inner
+    # one, stays.
+    boxes[1, 4] = 0.995
+    np.testing.assert_array_equal(drop_nested(boxes, 0.6), boxes[[1, 2, 3]])
+    assert drop_nested(np.zeros((0, 5)), 0.6).shape == (0, 5)
+
+
+def test_a_manifest_from_before_nested_overlap_drops_nothing() -> None:
+    from service.schemas import Localiser
+    from tests.utils.models import LOCALISER
+
+    old = {k: v for k, v in LOCALISER.items() if k != "nested_overlap"}
+    assert Localiser(**old).nested_overlap == 1.0
+    assert Localiser(**LOCALISER).nested_overlap == 0.6
+
+
 def test_max_faces_and_a_photo_without_faces(client: TestClient) -> None:
     photo = encode(squares_photo(), "PNG")
     response = client.post("/v1/detect", params={"min_face_size": 64, "max_faces": 1}, files={"image": ("p.png", photo)})

@@ -114,7 +114,8 @@ def scanner(name: str) -> onnx.ModelProto:
 # min_face_size 64: the fixture scanner's bright squares are found at the first pyramid level, at scale 1.
 LOCALISER = {"window": SIZE, "stride": 16, "scale_step": 2 ** 0.25, "min_face_size": 64, "nms_iou": 0.3,
              "scan_threshold": 0.9, "threshold": 0.9, "max_faces": 100, "min_neighbours": 1,
-             "refine_shifts": [0.0, -0.1, 0.1], "refine_scales": [1.0, 0.9, 1.1], "crop_max_side": 2 * SIZE}
+             "refine_shifts": [0.0, -0.1, 0.1], "refine_scales": [1.0, 0.9, 1.1], "crop_max_side": 2 * SIZE,
+             "nested_overlap": 0.6}
 
 
 def write_manifest(models_dir: Path, *, thresholds: tuple[float, float] = (0.5, 0.5), **overrides) -> dict:
