@@ -207,6 +207,30 @@ def summary(skipped: list[str]) -> list[dict]:
         rows.append({"part": "3 training", "item": "resampling probabilities", "result": f"{c['speedup']:.1f}x numpy",
                      "detail": f"{c['vectorised_s']:.3f} s vs {c['numpy_per_dimension_s']:.3f} s over "
                                f"[{c['faces']:,}, {c['latent_dim']}], max |diff| {c['max_abs_diff']:.1e}"})
+    steps = read_result("gpu_training")
+    if steps:
+        for r in steps["rows"]:
+            rows.append({"part": "19 step options", "item": f"{steps['settings']['model']} {r['variant']} b{r['batch']}",
+                         "result": f"{r['images_per_s']:,.0f} img/s" if "images_per_s" in r else "FAIL",
+                         "detail": ", ".join(f"{k} {v:.2f} ms" for k, v in r["per_batch_ms"].items())
+                         if "per_batch_ms" in r else r["error"]})
+        p = steps["profile_of_best"]
+        if p:
+            busy = p["device_busy_share"]
+            rows.append({"part": "19 step options", "item": f"profile of {steps['best']}",
+                         "result": f"goal {steps['goal_images_per_s']:,} img/s " + ("met" if steps["goal_met"] else "MISSED"),
+                         "detail": (f"device busy {busy:.0%} of the wall time; " if busy is not None else "")
+                                   + "top device ops: " + ", ".join(f"{o['op']} {o['ms_per_step']:.2f} ms"
+                                                                    for o in (p["top_device"] or p["top_host"])[:3])})
+    acc = read_result("gpu_training_accuracy_cuda")
+    if acc:
+        cmp = acc.get("against_cpu", {})
+        rows.append({"part": "19 accuracy", "item": f"short training, step options {acc['step_options'] or 'none'}",
+                     "result": "ok" if cmp.get("ok") else "FAIL",
+                     "detail": f"{acc['seconds']:.0f} s; val bal. acc {acc['val']['balanced_accuracy']}"
+                               + (f", CPU {cmp['cpu_reference']['val']['balanced_accuracy']:.3f}, |diff| "
+                                  f"{cmp['balanced_accuracy_diff']:.3f} (goal <= {cmp['goal']})"
+                                  if "balanced_accuracy_diff" in cmp else f", {cmp.get('why', '')}")})
     run = read_result("gpu_check_torchrun")
     if run:
         ok = run["status"] == 0 and run["models"]

@@ -3,9 +3,9 @@
 #
 #     bash bench/gpu_check.sh            # PYTHON=... to choose the interpreter (default .venv/bin/python, else python3)
 #
-# Installs nothing (GPU machines here have no network) and stays under 5 minutes: benchmark 1
+# Installs nothing (GPU machines here have no network) and stays under 8 minutes: benchmark 1
 # (bench/inference.py, PyTorch and ONNX Runtime, CPU and CUDA) and benchmark 3 (bench/training.py, short
-# settings) on the GPU, the README's training under torchrun with one process per GPU for one short epoch
+# settings) on the GPU, issue 19's step options and short training (bench/gpu_training.py), the README's training under torchrun with one process per GPU for one short epoch
 # (issue 5), the training package's collectives on the GPU backend (NCCL; a group of one on a one-GPU machine),
 # the service itself (the real app, lifespan included) on CUDA vs CPU, then ONNX Runtime CUDA vs CPU parity on
 # models/ (bench/gpu_check.py), then one table.
@@ -43,16 +43,19 @@ if [ -z "$GPU" ]; then
     export BENCH_RESULTS_DIR
     INF_ARGS=(--batches 1 8 --seconds 0.3 --rounds 1)
     TRAIN_ARGS=(--steps 2 --encode 256 --file-images 512 --faces 20000 --non-faces 20000)
+    STEP_ARGS=(--variants device bf16 --steps 1 --warmup 1 --images 512 --encode 256)
     PROCS=2
-    RUN_ARGS=(--device cpu --steps-per-epoch 3)
+    RUN_ARGS=(--device cpu --steps-per-epoch 3 --mine-rounds 0 --tune-steps 0)  # the 150 s below on 2 cores
 else
     echo "gpu_check: GPU $GPU"
     INF_ARGS=(--batches 1 8 64 256 --seconds 0.6 --rounds 2)
     TRAIN_ARGS=(--steps 10 --encode 2048 --file-images 2048)
+    STEP_ARGS=()
     PROCS=$NGPU
     RUN_ARGS=(--device cuda --steps-per-epoch 20)
 fi
-rm -f "${BENCH_RESULTS_DIR:-bench/results}"/gpu_check_{inference,training,torchrun,collectives,service,parity}.json
+rm -f "${BENCH_RESULTS_DIR:-bench/results}"/gpu_check_{inference,training,torchrun,collectives,service,parity}.json \
+    "${BENCH_RESULTS_DIR:-bench/results}"/gpu_training{,_accuracy_cuda}.json
 
 # Benchmark 1: inference engines (needs PyTorch, the training package's model code and checkpoints/).
 why=$(missing bench.inference)
@@ -68,6 +71,21 @@ why=$(missing bench.training)
 if [ -n "$why" ]; then skip "3 training: $why"
 else
     timeout 120 "$PYTHON" -m bench.training "${TRAIN_ARGS[@]}" --out gpu_check_training || skip "3 training: exited with status $?"
+fi
+
+# Issue 19: the DB-VAE's step from the training set held on the device, under each step option, then a short real
+# training on the GPU with the options that won, against the CPU reference in bench/results/.
+why=$(missing bench.gpu_training)
+if [ -n "$why" ]; then skip "19 training: $why"
+else
+    timeout 300 "$PYTHON" -m bench.gpu_training "${STEP_ARGS[@]}" --out gpu_training || skip "19 step options: exited with status $?"
+    if [ -n "$GPU" ]; then
+        OPTS=$("$PYTHON" -c "from bench.common import read_result; print(','.join((read_result('gpu_training') or {}).get('winners', [])))")
+        timeout 200 "$PYTHON" -m bench.gpu_training accuracy --device cuda --step-options "$OPTS" \
+            || skip "19 accuracy: exited with status $?"
+    else
+        skip "19 accuracy: no GPU (the CPU reference is bench/results/gpu_training_accuracy_cpu.json)"
+    fi
 fi
 
 # Issue 5: the README's training command under torchrun, one process per GPU, one short epoch, into a

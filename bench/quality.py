@@ -46,8 +46,7 @@ from sklearn.ensemble import RandomForestClassifier
 from skimage.feature import haar_like_feature, haar_like_feature_coord
 from skimage.transform import integral_image, resize
 
-from bench.common import OUT_HELP, finish, load_note, machine, table
-from bench.localise import fetch as fetch_photos
+from bench.common import OUT_HELP, fetch_photos, finish, load_note, machine, table
 from training.evaluation import open_photo
 from training.contract import SCORING_GRAPH
 from training.data.image import load_image, to_model_input

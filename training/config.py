@@ -8,6 +8,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from training.data.builtin import BUILTIN_FACES, EXTRA_NON_FACES
 from training.environment import environment
 from training.model import ModelConfig
+from training.step_options import parse as parse_step_options
 
 
 def opt(default, help: str):
@@ -75,6 +76,11 @@ class TrainConfig:
     kl_warmup: float = opt(0.2, "share of all training steps over which c rises linearly from 0 (0: constant c)")
     workers: int = opt(0, "DataLoader worker processes reading images; 0 reads in the training process")
     device: str = opt("auto", "auto | cpu | cuda (under torchrun: the local rank's GPU)")
+    data_on_device: str = opt("auto", "hold the training set on the device, batches drawn and cut there "
+                                      "(training/device_data.py): on | off | auto (on for CUDA when the set fits in "
+                                      "a quarter of the free device memory)")
+    step_options: str = opt("", "how the step is computed, for a GPU (training/step_options.py), comma separated: "
+                                "fused_adam, channels_last, bf16, compile | cuda_graphs; empty: plain float32")
     dist_timeout: float = opt(1800.0, "seconds a collective may wait under torchrun before the run fails "
                                       "(covers rank 0 converting a folder source while the others wait)")
 
@@ -141,6 +147,9 @@ class TrainConfig:
         for name in ("epochs", "latent_dim", "hist_bins", "resample_batch", "fairness_resamples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        parse_step_options(self.step_options)
+        if self.data_on_device not in ("auto", "on", "off"):
+            raise ValueError(f"--data-on-device must be auto, on or off, not {self.data_on_device!r}")
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError("--lr-schedule must be cosine or constant")
         if self.recon_target not in ("augmented", "clean"):

@@ -25,11 +25,13 @@ from training.augment import appearance, geometry, light_view, misframe
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data.h5 import H5Source
+from training.device_data import DeviceData, batch_generator, draw_batches, use_device_data
 from training.distributed import Dist
 from training.metrics import binary_metrics
 from training.model import DBVAE, build_model, cnn_loss, dbvae_loss
 from training.reconstruction import MAX_FACES, decoded_summary
 from training.resampling import distribution_stats, sampling_probabilities
+from training.step_options import Step, parse, prepare
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +69,18 @@ def as_input(images_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model, source: H5Source, indices: np.ndarray, device, batch: int = 256,
-            workers: int = 0, with_mu: bool = False):
+            workers: int = 0, with_mu: bool = False, data: DeviceData | None = None):
     """Face probabilities [N] (and latent means [N, D] for the DB-VAE) in eval mode, batch by batch,
-    so the whole set is never held as float32 at once. The caller's train/eval mode is restored."""
+    so the whole set is never held as float32 at once; with `data`, the batches are cut from the set on the
+    device instead of read from `source`. The caller's train/eval mode is restored."""
     was_training = model.training
     model.eval()
     probs, mus = [], []
-    chunks = [indices[i:i + batch] for i in range(0, len(indices), batch)]
-    for images, _ in batches_of(source, chunks, workers):
+    if data is not None:
+        batches = data.chunks(indices, batch)
+    else:
+        batches = batches_of(source, [indices[i:i + batch] for i in range(0, len(indices), batch)], workers)
+    for images, _ in batches:
         x = as_input(images, device)
         if isinstance(model, DBVAE):
             logit, mu, _ = model.encode(x)
@@ -196,7 +202,9 @@ class Run:
     rng: np.random.Generator
     gen: torch.Generator
     steps: int
+    step: Step  # model and opt as the step runs them (--step-options)
     history: list[dict] = field(default_factory=list)
+    data: DeviceData | None = None  # the set on the device (--data-on-device), else batches come from the loader
 
 
 def face_probabilities(run: Run) -> tuple[np.ndarray, dict | None]:
@@ -207,11 +215,25 @@ def face_probabilities(run: Run) -> tuple[np.ndarray, dict | None]:
         return np.full(len(run.faces), 1.0 / len(run.faces)), None
     cfg, world = run.cfg, run.world
     _, mu = predict(run.net, run.source, world.shard(run.faces), run.device, cfg.resample_batch, cfg.workers,
-                    with_mu=True)
+                    with_mu=True, data=run.data)
     p_shard = sampling_probabilities(mu.to(run.device), cfg.hist_bins, cfg.smoothing, world.all_reduce)
     p = world.all_gather_cat(p_shard).cpu().numpy()
     p = p / p.sum()  # float64 round-off only: rng.choice wants an exact sum of 1
     return p, distribution_stats(torch.from_numpy(p))
+
+
+def epoch_data(run: Run, epoch: int, p: np.ndarray):
+    """The epoch's batches, (uint8 [B, H, W, 3], labels [B]) each: drawn and cut on the device with run.data,
+    else drawn on the host and read by the DataLoader."""
+    cfg, world = run.cfg, run.world
+    if run.data is None:
+        return batches_of(run.source, epoch_batches(run.rng, run.faces, run.non_faces, p, run.steps, cfg.batch_size,
+                                                    world), cfg.workers)
+    dev = run.data.device
+    gen = batch_generator(dev, cfg.seed, BATCH_STREAM[run.kind], epoch)
+    rows = draw_batches(gen, torch.from_numpy(run.faces).to(dev), torch.from_numpy(run.non_faces).to(dev),
+                        torch.from_numpy(p).to(dev), run.steps, cfg.batch_size, world)  # [steps, B / world]
+    return (run.data.batch(row) for row in rows)
 
 
 def train_epoch(run: Run, epoch: int, p: np.ndarray) -> dict[str, float]:
@@ -219,8 +241,7 @@ def train_epoch(run: Run, epoch: int, p: np.ndarray) -> dict[str, float]:
     cfg, world = run.cfg, run.world
     run.model.train()
     sums: dict[str, float] = {}
-    batches = epoch_batches(run.rng, run.faces, run.non_faces, p, run.steps, cfg.batch_size, world)
-    bar = tqdm(batches_of(run.source, batches, cfg.workers), total=run.steps,
+    bar = tqdm(epoch_data(run, epoch, p), total=run.steps,
                desc=f"{run.kind} {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and world.is_main), leave=False)
     for step, (images, y) in enumerate(bar):
         done = (epoch * run.steps + step) / (cfg.epochs * run.steps)
@@ -228,7 +249,8 @@ def train_epoch(run: Run, epoch: int, p: np.ndarray) -> dict[str, float]:
             group["lr"] = learning_rate(cfg, done)
         x, y = as_input(images, run.device), y.to(run.device)
         batch = augment_batch(x, y, cfg, run.gen, vae_view=run.kind == "dbvae")
-        losses = train_step(run.kind, run.model, run.opt, batch, cfg, done)
+        with run.step.autocast():
+            losses = train_step(run.kind, run.model, run.opt, batch._replace(x=run.step.input(batch.x)), cfg, done)
         for k in ("loss", "bce", "kl", "recon"):
             if k in losses:
                 sums[k] = sums.get(k, 0.0) + losses[k].item()
@@ -246,11 +268,13 @@ def start(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, 
     if world.enabled:
         model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
     labels = source.labels
+    step = prepare(net, model, cfg.lr, cfg.weight_decay, parse(cfg.step_options), device)
     run = Run(kind, cfg, source, train_idx[labels[train_idx] == 1], train_idx[labels[train_idx] == 0], world,
-              device, net, model, torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay),
-              np.random.default_rng(cfg.seed + BATCH_STREAM[kind]),
+              device, net, step.model, step.opt, np.random.default_rng(cfg.seed + BATCH_STREAM[kind]),
               torch.Generator(device=device).manual_seed(cfg.seed + AUGMENT_STREAM_PER_RANK * world.rank),
-              cfg.steps_per_epoch or math.ceil(len(train_idx) / cfg.batch_size))
+              cfg.steps_per_epoch or math.ceil(len(train_idx) / cfg.batch_size), step)
+    if use_device_data(cfg.data_on_device, source, device):
+        run.data = DeviceData.load(source, device)
     ckpt_path = Path(cfg.checkpoint_dir) / f"{kind}.pt"
     if not (cfg.resume and ckpt_path.is_file()):
         return run, 0
@@ -297,6 +321,7 @@ def train_model(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.nda
         world.barrier()
     if not val and run.history and "val" in run.history[-1]:
         val = run.history[-1]["val"]
+    run.net.to(memory_format=torch.contiguous_format)  # after --step-options channels_last: export as trained
     return run.net.eval(), {"history": run.history, "val": val}
 
 
@@ -323,7 +348,7 @@ def reconstruction_figures(net: DBVAE, source: H5Source, val_idx: np.ndarray, de
 def validate(run: Run, val_idx: np.ndarray, record: dict) -> dict:
     """Rank 0: held-out metrics into the epoch's record, a log line, the checkpoint. -> the metrics."""
     cfg = run.cfg
-    prob = predict(run.net, run.source, val_idx, run.device, cfg.resample_batch, cfg.workers)
+    prob = predict(run.net, run.source, val_idx, run.device, cfg.resample_batch, cfg.workers, data=run.data)
     val = binary_metrics(run.source.labels[val_idx], prob, cfg.threshold)
     if isinstance(run.net, DBVAE):
         val["reconstruction"] = reconstruction_figures(run.net, run.source, val_idx, run.device, cfg.resample_batch)

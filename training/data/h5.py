@@ -82,6 +82,10 @@ class H5Source:
             out[j] = images[i]
         return out[..., ::-1].copy()  # BGR -> RGB
 
+    def read_range(self, start: int, stop: int) -> np.ndarray:
+        """uint8 RGB [stop - start, 64, 64, 3]: one contiguous slice, one read (the way to stream a whole file)."""
+        return self._images()[start:stop][..., ::-1].copy()  # BGR -> RGB
+
     def describe(self) -> dict:
         return {"source": self.name, "path": str(self.path), "images": len(self),
                 "faces": int(self.labels.sum()), "non_faces": int(len(self) - self.labels.sum())}

@@ -1,0 +1,35 @@
+"""bench/gpu_training.py on the CPU, tiny: every variant asked for is timed (or its failure recorded), the
+fastest is profiled, and the accuracy comparison says whether the issue's goal is met."""
+
+from __future__ import annotations
+
+import json
+
+from bench.gpu_training import compare_accuracy
+from bench.gpu_training import main as gpu_training_main
+
+
+def test_the_step_variants_are_timed_and_the_fastest_profiled(tmp_path):
+    out = tmp_path / "steps.json"
+    assert gpu_training_main(["--cpu", "--variants", "device", "fused_adam", "bf16", "combined", "--steps", "1",
+                              "--warmup", "1", "--batch-size", "16", "--images", "256", "--encode", "64",
+                              "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [row["variant"] for row in r["rows"]] == ["device", "fused_adam", "bf16", "combined"]
+    for row in r["rows"]:
+        assert row["images_per_s"] > 0 and set(row["per_batch_ms"]) == {"gather", "augment", "step"}
+    combined = r["rows"][-1]
+    assert combined["options"] == r["winners"] and set(r["winners"]) <= {"fused_adam", "bf16"}
+    assert r["best"] in {row["variant"] for row in r["rows"]}
+    assert r["profile_of_best"]["top_host"] and r["profile_of_best"]["device_busy_share"] is None  # no GPU
+    assert r["goal_met"] is False  # a CPU run never counts for the GPU goal
+    assert r["encoding_from_device"]["faces"] == 64
+
+
+def test_the_gpu_run_is_judged_against_the_cpu_reference():
+    run = lambda acc: {"status": 0, "val": {"balanced_accuracy": acc}, "machine": {"date": "d"}}  # noqa: E731
+    assert compare_accuracy(run(0.985), run(0.99))["ok"]
+    far = compare_accuracy(run(0.96), run(0.99))
+    assert not far["ok"] and abs(far["balanced_accuracy_diff"] - 0.03) < 1e-12
+    assert compare_accuracy(run(0.99), None) == {"ok": False, "why": "no CPU reference"}
+    assert not compare_accuracy({**run(0.99), "status": 1}, run(0.99))["ok"]
