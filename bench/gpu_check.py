@@ -220,8 +220,24 @@ def summary(skipped: list[str]) -> list[dict]:
             rows.append({"part": "19 step options", "item": f"profile of {steps['best']}",
                          "result": f"goal {steps['goal_images_per_s']:,} img/s " + ("met" if steps["goal_met"] else "MISSED"),
                          "detail": (f"device busy {busy:.0%} of the wall time; " if busy is not None else "")
-                                   + "top device ops: " + ", ".join(f"{o['op']} {o['ms_per_step']:.2f} ms"
+                                   + ("top device ops: " if p["top_device"] else "top host ops: ") + ", ".join(f"{o['op']} {o['ms_per_step']:.2f} ms"
                                                                     for o in (p["top_device"] or p["top_host"])[:3])})
+    inf19 = read_result("gpu_inference")
+    if inf19:
+        for r in inf19["rows"]:
+            rows.append({"part": "19 inference", "item": f"dbvae_encoder {r['variant']} b{r['batch']}",
+                         "result": f"{r['images_per_s']:,.0f} img/s" if "images_per_s" in r else "FAIL",
+                         "detail": f"p50 {r['ms_per_call_p50']:.3f} ms on {inf19['provider']}" if "images_per_s" in r
+                         else r["error"]})
+        for key in ("fp16_parity", "tensorrt_parity"):
+            if key in inf19:
+                rows.append({"part": "19 inference", "item": key.replace("_", " "),
+                             "result": "ok" if inf19[key].get("same_decisions") else "FAIL",
+                             "detail": ", ".join(f"{k} {v:.1e}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in inf19[key].items())})
+        rows.append({"part": "19 inference", "item": f"goal {inf19['goal_images_per_s']:,} img/s",
+                     "result": "met" if inf19["goal_met"] else "MISSED",
+                     "detail": f"best {inf19['best']}; bottleneck: {inf19['bottleneck']}"})
     acc = read_result("gpu_training_accuracy_cuda")
     if acc:
         cmp = acc.get("against_cpu", {})

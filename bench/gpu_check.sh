@@ -2,10 +2,17 @@
 # Benchmark 5: the GPU check. Run from the repository root on a machine with an NVIDIA GPU:
 #
 #     bash bench/gpu_check.sh            # PYTHON=... to choose the interpreter (default .venv/bin/python, else python3)
+#     bash bench/gpu_check.sh steps accuracy encoder      # only these parts (names below); the summary lists
+#                                                         # every part's latest JSON
+#
+# Parts: inference (benchmark 1), training (benchmark 3), steps and accuracy (issue 19, bench/gpu_training.py),
+# encoder (issue 19, bench/gpu_inference.py), torchrun, collectives, service, parity. All of them take about
+# 8 minutes on an H200: run them in two calls where one command may last less.
 #
 # Installs nothing (GPU machines here have no network) and stays under 8 minutes: benchmark 1
 # (bench/inference.py, PyTorch and ONNX Runtime, CPU and CUDA) and benchmark 3 (bench/training.py, short
-# settings) on the GPU, issue 19's step options and short training (bench/gpu_training.py), the README's training under torchrun with one process per GPU for one short epoch
+# settings) on the GPU, issue 19's step options and short training (bench/gpu_training.py) and
+# encoder inference fed each way (bench/gpu_inference.py), the README's training under torchrun with one process per GPU for one short epoch
 # (issue 5), the training package's collectives on the GPU backend (NCCL; a group of one on a one-GPU machine),
 # the service itself (the real app, lifespan included) on CUDA vs CPU, then ONNX Runtime CUDA vs CPU parity on
 # models/ (bench/gpu_check.py), then one table.
@@ -18,6 +25,8 @@
 # CPU, with short settings, writes the JSON to a temporary folder (not bench/results/) and says so.
 set -u
 cd "$(dirname "$0")/.."
+PARTS=("$@")
+want() { [ ${#PARTS[@]} -eq 0 ] || [[ " ${PARTS[*]} " == *" $1 "* ]]; }
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
@@ -44,6 +53,7 @@ if [ -z "$GPU" ]; then
     INF_ARGS=(--batches 1 8 --seconds 0.3 --rounds 1)
     TRAIN_ARGS=(--steps 2 --encode 256 --file-images 512 --faces 20000 --non-faces 20000)
     STEP_ARGS=(--variants device bf16 --steps 1 --warmup 1 --images 512 --encode 256)
+    GINF_ARGS=(--batches 16 --seconds 0.1)
     PROCS=2
     RUN_ARGS=(--device cpu --steps-per-epoch 3 --mine-rounds 0 --tune-steps 0)  # the 150 s below on 2 cores
 else
@@ -51,15 +61,20 @@ else
     INF_ARGS=(--batches 1 8 64 256 --seconds 0.6 --rounds 2)
     TRAIN_ARGS=(--steps 10 --encode 2048 --file-images 2048)
     STEP_ARGS=()
+    GINF_ARGS=(--batches 1024 4096 16384 --seconds 0.5)
     PROCS=$NGPU
     RUN_ARGS=(--device cuda --steps-per-epoch 20)
 fi
-rm -f "${BENCH_RESULTS_DIR:-bench/results}"/gpu_check_{inference,training,torchrun,collectives,service,parity}.json \
-    "${BENCH_RESULTS_DIR:-bench/results}"/gpu_training{,_accuracy_cuda}.json
+OUT_DIR="${BENCH_RESULTS_DIR:-bench/results}"
+for part in inference training torchrun collectives service parity; do want $part && rm -f "$OUT_DIR/gpu_check_$part.json"; done
+want steps && rm -f "$OUT_DIR/gpu_training.json"
+want accuracy && rm -f "$OUT_DIR/gpu_training_accuracy_cuda.json"
+want encoder && rm -f "$OUT_DIR/gpu_inference.json"
 
 # Benchmark 1: inference engines (needs PyTorch, the training package's model code and checkpoints/).
 why=$(missing bench.inference)
-if [ -n "$why" ]; then skip "1 inference: $why"
+if ! want inference; then :
+elif [ -n "$why" ]; then skip "1 inference: $why"
 elif [ ! -f checkpoints/cnn.pt ] || [ ! -f checkpoints/dbvae.pt ]; then
     skip "1 inference: checkpoints/cnn.pt or dbvae.pt missing (python -m training makes them; carry them to this machine)"
 else
@@ -68,7 +83,8 @@ fi
 
 # Benchmark 3: training throughput on synthetic data (needs PyTorch, h5py, tqdm).
 why=$(missing bench.training)
-if [ -n "$why" ]; then skip "3 training: $why"
+if ! want training; then :
+elif [ -n "$why" ]; then skip "3 training: $why"
 else
     timeout 120 "$PYTHON" -m bench.training "${TRAIN_ARGS[@]}" --out gpu_check_training || skip "3 training: exited with status $?"
 fi
@@ -76,22 +92,32 @@ fi
 # Issue 19: the DB-VAE's step from the training set held on the device, under each step option, then a short real
 # training on the GPU with the options that won, against the CPU reference in bench/results/.
 why=$(missing bench.gpu_training)
-if [ -n "$why" ]; then skip "19 training: $why"
+if ! want steps && ! want accuracy; then :
+elif [ -n "$why" ]; then skip "19 training: $why"
 else
-    timeout 300 "$PYTHON" -m bench.gpu_training "${STEP_ARGS[@]}" --out gpu_training || skip "19 step options: exited with status $?"
-    if [ -n "$GPU" ]; then
+    if want steps; then
+        timeout 240 "$PYTHON" -m bench.gpu_training "${STEP_ARGS[@]}" --out gpu_training || skip "19 step options: exited with status $?"
+    fi
+    if ! want accuracy; then :
+    elif [ -n "$GPU" ]; then
         OPTS=$("$PYTHON" -c "from bench.common import read_result; print(','.join((read_result('gpu_training') or {}).get('winners', [])))")
-        timeout 200 "$PYTHON" -m bench.gpu_training accuracy --device cuda --step-options "$OPTS" \
+        timeout 150 "$PYTHON" -m bench.gpu_training accuracy --device cuda --step-options "$OPTS" \
             || skip "19 accuracy: exited with status $?"
     else
         skip "19 accuracy: no GPU (the CPU reference is bench/results/gpu_training_accuracy_cpu.json)"
     fi
 fi
 
+# Issue 19: the exported DB-VAE encoder on ORT CUDA fed each way (host arrays, io binding, fp16, TensorRT).
+if want encoder; then
+    timeout 150 "$PYTHON" -m bench.gpu_inference "${GINF_ARGS[@]}" --out gpu_inference || skip "19 inference: exited with status $?"
+fi
+
 # Issue 5: the README's training command under torchrun, one process per GPU, one short epoch, into a
 # temporary folder (models/ and checkpoints/ are left alone).
 why=$(missing "training.cli, skimage, sklearn, h5py, onnxscript")
-if [ -n "$why" ]; then skip "torchrun: $why"
+if ! want torchrun; then :
+elif [ -n "$why" ]; then skip "torchrun: $why"
 else
     RUN_DIR=$(mktemp -d)
     T0=$(date +%s)
@@ -105,7 +131,8 @@ fi
 
 # The collectives of training.distributed and resampling, and one DDP step, on the backend of this machine.
 why=$(missing "training.distributed, training.resampling")
-if [ -n "$why" ]; then skip "collectives: $why"
+if ! want collectives; then :
+elif [ -n "$why" ]; then skip "collectives: $why"
 else
     timeout 120 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node="$PROCS" -m bench.gpu_check collectives
     status=$?
@@ -114,7 +141,9 @@ fi
 
 # The service on the GPU: the real app with FACEDET_REQUIRE_GPU, against the same app on the CPU provider.
 why=$(missing "fastapi, pydantic_settings, python_multipart, httpx, service.main, bench.quality")
-if [ -n "$why" ]; then skip "service: $why"
+if ! want service; then :
+elif [ -n "$why" ]; then skip "service: $why"
+elif [ -z "$GPU" ]; then skip "service: no GPU (the app with FACEDET_REQUIRE_GPU=1 rightly refuses to be ready)"
 else
     timeout 120 "$PYTHON" -m bench.gpu_check service
     status=$?
@@ -122,9 +151,11 @@ else
 fi
 
 # ONNX Runtime CUDA vs CPU on the committed models.
-timeout 60 "$PYTHON" -m bench.gpu_check parity
-status=$?
-[ $status -gt 1 ] && skip "5 parity: exited with status $status"
+if want parity; then
+    timeout 60 "$PYTHON" -m bench.gpu_check parity
+    status=$?
+    [ $status -gt 1 ] && skip "5 parity: exited with status $status"
+fi
 
 "$PYTHON" -m bench.gpu_check summary "${SKIPPED[@]}"
 echo "gpu_check: $(( $(date +%s) - START )) s; JSON in ${BENCH_RESULTS_DIR:-bench/results}"

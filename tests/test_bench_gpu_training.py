@@ -33,3 +33,17 @@ def test_the_gpu_run_is_judged_against_the_cpu_reference():
     assert not far["ok"] and abs(far["balanced_accuracy_diff"] - 0.03) < 1e-12
     assert compare_accuracy(run(0.99), None) == {"ok": False, "why": "no CPU reference"}
     assert not compare_accuracy({**run(0.99), "status": 1}, run(0.99))["ok"]
+
+
+def test_the_encoder_is_timed_each_way_and_fp16_checked_against_float32(tmp_path):
+    from bench.gpu_inference import main as gpu_inference_main
+
+    out = tmp_path / "inference.json"
+    assert gpu_inference_main(["--batches", "8", "--seconds", "0.05", "--variants", "host", "iobinding", "fp16",
+                               "--cache-dir", str(tmp_path), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert [(row["variant"], row["batch"]) for row in r["rows"]] == [("host", 8), ("iobinding", 8), ("fp16", 8)]
+    assert all(row["images_per_s"] > 0 for row in r["rows"])
+    # float16 inside the graph: close to the float32 graph, the same face decisions on these images.
+    assert 0 < r["fp16_parity"]["max_abs_diff_logit"] < 0.5 and r["fp16_parity"]["same_decisions"]
+    assert r["goal_met"] is False and r["bottleneck"].startswith("the graph itself")
