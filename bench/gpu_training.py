@@ -21,8 +21,9 @@ largest batch:
 * cuda_graphs    torch.compile(mode="reduce-overhead"): the network replayed as CUDA graphs
 * batch_1024, batch_4096
 
-Per variant: images/s over --steps timed steps after --warmup (compiling happens in the warm-up), the
-milliseconds per batch of gather, augment and step, and the drawing of a whole epoch's indices. For the fastest
+Per variant: images/s over --steps steps run back to back after --warmup (compiling happens in the warm-up;
+nothing waits for the device between steps, as in training), then the milliseconds per batch of gather, augment
+and step over as many steps again with the device synchronised after each stage, and the drawing of the indices. For the fastest
 variant, torch.profiler over a few steps: the top operators by self time on the device and on the host and the
 share of the wall time the host spent launching, so a missed goal says where the time goes. The encoding pass
 of the resampling is timed from the device set too. A variant that fails is recorded with its error and the
@@ -99,15 +100,29 @@ def time_variant(v: Variant, kind: str, data: DeviceData, steps: int, warmup: in
     gen = torch.Generator(device=device).manual_seed(0)
     sync(device)
     t0 = time.perf_counter()
-    rows = draw_batches(batch_generator(device, 0, 1, 0), faces, non_faces, p, warmup + steps, v.batch)
+    rows = draw_batches(batch_generator(device, 0, 1, 0), faces, non_faces, p, warmup + 2 * steps, v.batch)
     sync(device)
     draw_s = time.perf_counter() - t0
+
+    def one(row):  # as training.train.train_epoch runs a step
+        images, y = data.batch(row)
+        batch = augment_batch(as_input(images, device), y, cfg, gen, vae_view=kind == "dbvae")
+        step.begin()
+        with step.autocast():
+            return train_step(kind, step.model, step.opt, batch._replace(x=step.input(batch.x)), cfg)["loss"]
+
+    for row in rows[:warmup]:  # compiling and CUDA-graph capture happen here
+        one(row)
+    # Throughput: steps back to back, nothing waiting for the device between them (as in training).
+    sync(device)
+    t_start = time.perf_counter()
+    for row in rows[warmup:warmup + steps]:
+        loss = one(row)
+    loss = loss.item()
+    wall = time.perf_counter() - t_start
+    # Where the time goes: the same steps again, the device synchronised after each stage.
     times = {"gather": [], "augment": [], "step": []}
-    t_start = None
-    for i, row in enumerate(rows):
-        if i == warmup:
-            sync(device)
-            t_start = time.perf_counter()
+    for row in rows[warmup + steps:]:
         t0 = time.perf_counter()
         images, y = data.batch(row)
         x = as_input(images, device)
@@ -116,19 +131,17 @@ def time_variant(v: Variant, kind: str, data: DeviceData, steps: int, warmup: in
         batch = augment_batch(x, y, cfg, gen, vae_view=kind == "dbvae")
         sync(device)
         t2 = time.perf_counter()
-        with step.autocast():  # as training.train.train_epoch runs it
-            losses = train_step(kind, step.model, step.opt, batch._replace(x=step.input(batch.x)), cfg)
-        loss = losses["loss"].item()  # waits for the step, as the training loop does when it logs the loss
+        step.begin()
+        with step.autocast():
+            train_step(kind, step.model, step.opt, batch._replace(x=step.input(batch.x)), cfg)["loss"].item()
         t3 = time.perf_counter()
-        if i >= warmup:
-            for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
-                times[k].append(dt)
-    wall = time.perf_counter() - t_start
+        for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
+            times[k].append(dt)
     if not math.isfinite(loss):
         raise FloatingPointError(f"loss {loss} after {warmup + steps} steps")
     per_batch = {k: float(np.mean(t)) * 1e3 for k, t in times.items()}
     return {"variant": v.name, "options": list(v.options), "batch": v.batch, "images_per_s": steps * v.batch / wall,
-            "per_batch_ms": per_batch, "draw_epoch_indices_ms_per_1000_steps": draw_s / (warmup + steps) * 1e6,
+            "per_batch_ms": per_batch, "draw_epoch_indices_ms_per_1000_steps": draw_s / len(rows) * 1e6,
             "last_loss": loss, "_run": (step, cfg, rows, gen)}
 
 
@@ -146,6 +159,7 @@ def profile(kind: str, data: DeviceData, run: tuple, steps: int = 5) -> dict:
         for row in rows[:steps]:
             images, y = data.batch(row)
             batch = augment_batch(as_input(images, device), y, cfg, gen, vae_view=kind == "dbvae")
+            step.begin()
             with step.autocast():
                 train_step(kind, step.model, step.opt, batch._replace(x=step.input(batch.x)), cfg)["loss"].item()
     wall_us = (time.perf_counter() - t0) * 1e6

@@ -42,6 +42,11 @@ class Step:
     options: tuple[str, ...]
     device_type: str
 
+    def begin(self) -> None:
+        """Before each step: with CUDA graphs, a new step begins (the last one's graph outputs may be reused)."""
+        if "cuda_graphs" in self.options:
+            torch.compiler.cudagraph_mark_step_begin()
+
     def autocast(self):
         if "bf16" in self.options:
             return torch.autocast(self.device_type, dtype=torch.bfloat16)

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 # after --resume the stream moves on by the epoch, so a resumed run does not repeat the first epochs' draws.
 BATCH_STREAM = {"cnn": 0, "dbvae": 1}
 AUGMENT_STREAM_PER_RANK = 1000
+PROGRESS_EVERY = 20  # steps between the progress bar's loss readings (each one waits for the device)
 
 
 class BatchReader(Dataset):
@@ -240,7 +241,7 @@ def train_epoch(run: Run, epoch: int, p: np.ndarray) -> dict[str, float]:
     """One epoch of steps -> the mean of each loss term over all ranks' steps."""
     cfg, world = run.cfg, run.world
     run.model.train()
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     bar = tqdm(epoch_data(run, epoch, p), total=run.steps,
                desc=f"{run.kind} {epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and world.is_main), leave=False)
     for step, (images, y) in enumerate(bar):
@@ -249,14 +250,16 @@ def train_epoch(run: Run, epoch: int, p: np.ndarray) -> dict[str, float]:
             group["lr"] = learning_rate(cfg, done)
         x, y = as_input(images, run.device), y.to(run.device)
         batch = augment_batch(x, y, cfg, run.gen, vae_view=run.kind == "dbvae")
+        run.step.begin()
         with run.step.autocast():
             losses = train_step(run.kind, run.model, run.opt, batch._replace(x=run.step.input(batch.x)), cfg, done)
         for k in ("loss", "bce", "kl", "recon"):
-            if k in losses:
-                sums[k] = sums.get(k, 0.0) + losses[k].item()
-        bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
+            if k in losses:  # summed on the device in float64: a GPU never waits for the host between steps
+                sums[k] = sums.get(k, 0.0) + losses[k].detach().double()
+        if not bar.disable and step % PROGRESS_EVERY == 0:
+            bar.set_postfix(loss=f"{losses['loss'].item():.4f}")
     keys = sorted(sums)
-    total = world.all_reduce(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=run.device))
+    total = world.all_reduce(torch.stack([sums[k] for k in keys]).to(run.device))
     return {k: float(v) / run.steps / world.world for k, v in zip(keys, total)}
 
 
