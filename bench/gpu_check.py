@@ -238,6 +238,13 @@ def summary(skipped: list[str]) -> list[dict]:
         rows.append({"part": "19 inference", "item": f"goal {inf19['goal_images_per_s']:,} img/s",
                      "result": "met" if inf19["goal_met"] else "MISSED",
                      "detail": f"best {inf19['best']}; bottleneck: {inf19['bottleneck']}"})
+    load = read_result("gpu_load")
+    if load:
+        for r in load["rows"]:
+            rows.append({"part": "19 load", "item": f"/v1/detect {r['target']}, {r['payload']}, c={r['concurrency']}",
+                         "result": f"{r['rps']:,.0f} req/s",
+                         "detail": f"{r.get('clients', 1)} client processes; p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+                                   f"errors {r['errors']}"})
     acc = read_result("gpu_training_accuracy_cuda")
     if acc:
         cmp = acc.get("against_cpu", {})

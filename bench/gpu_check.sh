@@ -6,13 +6,13 @@
 #                                                         # every part's latest JSON
 #
 # Parts: inference (benchmark 1), training (benchmark 3), steps and accuracy (issue 19, bench/gpu_training.py),
-# encoder (issue 19, bench/gpu_inference.py), torchrun, collectives, service, parity. All of them take about
+# encoder and load (issue 19, bench/gpu_inference.py, bench/load.py), torchrun, collectives, service, parity. All of them take about
 # 8 minutes on an H200: run them in two calls where one command may last less.
 #
 # Installs nothing (GPU machines here have no network) and stays under 8 minutes: benchmark 1
 # (bench/inference.py, PyTorch and ONNX Runtime, CPU and CUDA) and benchmark 3 (bench/training.py, short
 # settings) on the GPU, issue 19's step options and short training (bench/gpu_training.py) and
-# encoder inference fed each way (bench/gpu_inference.py), the README's training under torchrun with one process per GPU for one short epoch
+# encoder inference fed each way (bench/gpu_inference.py), /v1/detect on CUDA under load with micro-batching, the README's training under torchrun with one process per GPU for one short epoch
 # (issue 5), the training package's collectives on the GPU backend (NCCL; a group of one on a one-GPU machine),
 # the service itself (the real app, lifespan included) on CUDA vs CPU, then ONNX Runtime CUDA vs CPU parity on
 # models/ (bench/gpu_check.py), then one table.
@@ -70,6 +70,7 @@ for part in inference training torchrun collectives service parity; do want $par
 want steps && rm -f "$OUT_DIR/gpu_training.json"
 want accuracy && rm -f "$OUT_DIR/gpu_training_accuracy_cuda.json"
 want encoder && rm -f "$OUT_DIR/gpu_inference.json"
+want load && rm -f "$OUT_DIR/gpu_load.json"
 
 # Benchmark 1: inference engines (needs PyTorch, the training package's model code and checkpoints/).
 why=$(missing bench.inference)
@@ -111,6 +112,18 @@ fi
 # Issue 19: the exported DB-VAE encoder on ORT CUDA fed each way (host arrays, io binding, fp16, TensorRT).
 if want encoder; then
     timeout 150 "$PYTHON" -m bench.gpu_inference "${GINF_ARGS[@]}" --out gpu_inference || skip "19 inference: exited with status $?"
+fi
+
+# Issue 19: /v1/detect on CUDA, micro-batching off and on (up to 256 images per run), driven by 4 load-generator
+# processes (bench/load.py, 64x64 face PNGs, 256 connections in all).
+why=$(missing "bench.load, skimage, sklearn, fastapi, service.main")
+if ! want load; then :
+elif [ -n "$why" ]; then skip "19 load: $why"
+elif [ -z "$GPU" ]; then skip "19 load: no GPU (bench/results/load.json is the CPU run)"
+else
+    timeout 150 "$PYTHON" -m bench.load --servers detect detect+batch --batch-max 256 --batch-wait-ms 2 \
+        --payloads png64 --concurrency 256 --clients 4 --seconds 5 --warmup 1 --warmup-burst 2 --no-wrk \
+        --out gpu_load || skip "19 load: exited with status $?"
 fi
 
 # Issue 5: the README's training command under torchrun, one process per GPU, one short epoch, into a

@@ -140,8 +140,24 @@ def _alive(figure, pid: int) -> float:
         return 0.0
 
 
-def drive(server: Server, path: Path, ctype: str, concurrency: int, seconds: float, warmup: float) -> dict:
-    """One cell: the load generator in its own process, the server's RSS sampled every 0.1 s meanwhile."""
+def merged(cells: list[dict]) -> dict:
+    """Several load generators' cells of one run -> one: counts and requests/s summed, each latency figure the
+    slowest generator's (percentiles of separate processes do not combine exactly), the first sample body."""
+    out = {k: sum(c[k] for c in cells) for k in ("requests", "ok", "errors", "rps", "client_cpu_s")}
+    statuses: dict[str, int] = {}
+    for c in cells:
+        for k, v in c["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    worst = {k: max((c[k] for c in cells if c[k] is not None), default=None)
+             for k in ("p50_ms", "p95_ms", "p99_ms", "max_ms", "p99_503_ms")}
+    return {**out, "statuses": statuses, "seconds": cells[0]["seconds"], **worst, "clients": len(cells),
+            "sample_body": next((c["sample_body"] for c in cells if c["sample_body"]), [])}
+
+
+def drive(server: Server, path: Path, ctype: str, concurrency: int, seconds: float, warmup: float,
+          clients: int = 1) -> dict:
+    """One cell: the load generator in its own process (or `clients` of them sharing the concurrency), the
+    server's RSS sampled every 0.1 s meanwhile."""
     done = threading.Event()
 
     def sample() -> None:
@@ -151,14 +167,21 @@ def drive(server: Server, path: Path, ctype: str, concurrency: int, seconds: flo
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     cpu0 = server.cpu_s()
-    out = subprocess.run([sys.executable, "-m", "bench.load_client", "--url", f"{server.url}/v1/detect",
-                          "--file", str(path), "--type", ctype, "--concurrency", str(concurrency),
-                          "--seconds", str(seconds), "--warmup", str(warmup)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=warmup + seconds + 120, check=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.load_client", "--url", f"{server.url}/v1/detect",
+                               "--file", str(path), "--type", ctype,
+                               "--concurrency", str(max(1, concurrency // clients)),
+                               "--seconds", str(seconds), "--warmup", str(warmup)],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(clients)]
+    outs = [p.communicate(timeout=warmup + seconds + 120) for p in procs]
     server_cpu = server.cpu_s() - cpu0
     done.set()
     sampler.join()
-    cell = json.loads(out.stdout)
+    for p, (_, err) in zip(procs, outs):
+        if p.returncode:
+            raise subprocess.CalledProcessError(p.returncode, p.args, stderr=err)
+    cells = [json.loads(o) for o, _ in outs]
+    cell = cells[0] if clients == 1 else merged(cells)
     # Server CPU over the whole cell (warm-up and tail included) per request answered in it: an estimate.
     cell["server_cpu_ms_per_req"] = 1e3 * server_cpu / max(1, cell["requests"]) if cell["requests"] else None
     cell["load_1min"] = load_average()
@@ -206,6 +229,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wrk-seconds", type=float, default=8.0)
     ap.add_argument("--wrk-timeout", type=float, default=2.0, help="wrk's --timeout, s: slower requests count as errors")
     ap.add_argument("--no-wrk", action="store_true", help="only the own client")
+    ap.add_argument("--clients", type=int, default=1, help="own load-generator processes per cell, sharing its "
+                                                           "concurrency (their figures merged: bench.load.merged)")
     ap.add_argument("--batch-max", type=int, default=16, help="FACEDET_MICRO_BATCH_MAX for detect+batch")
     ap.add_argument("--batch-wait-ms", type=float, default=0.0, help="FACEDET_MICRO_BATCH_WAIT_MS for detect+batch")
     ap.add_argument("--checkpoint", default="checkpoints/dbvae.pt", help="the naive peer's PyTorch model")
@@ -253,7 +278,7 @@ def main(argv=None) -> int:
                 path, ctype = files[payload]
                 for name, server in servers.items():
                     if generator == "own":
-                        cell = drive(server, path, ctype, c, args.seconds, args.warmup)
+                        cell = drive(server, path, ctype, c, args.seconds, args.warmup, args.clients)
                     else:
                         cell = drive_wrk(server, path, ctype, c, args.wrk_seconds, args.wrk_timeout, Path(tmp))
                     rows.append({"generator": generator, "payload": payload, "concurrency": c, "target": name, **cell})
@@ -300,7 +325,7 @@ def main(argv=None) -> int:
                                    f"{v['growth_steady']:+.1%} from after the warm-up bursts)"
                     for k, v in memory.items()})
     result = {"benchmark": "load", "machine": info, "note": load_note(info), "notes": notes, "summary": summary,
-              "settings": {"concurrency": args.concurrency, "seconds_per_cell": args.seconds, "warmup_s": args.warmup,
+              "settings": {"clients": args.clients, "concurrency": args.concurrency, "seconds_per_cell": args.seconds, "warmup_s": args.warmup,
                            "warmup_burst_s": args.warmup_burst,
                            "micro_batch": {"max": args.batch_max, "wait_ms": args.batch_wait_ms},
                            "payloads": sizes,

@@ -47,3 +47,18 @@ def test_the_encoder_is_timed_each_way_and_fp16_checked_against_float32(tmp_path
     # float16 inside the graph: close to the float32 graph, the same face decisions on these images.
     assert 0 < r["fp16_parity"]["max_abs_diff_logit"] < 0.5 and r["fp16_parity"]["same_decisions"]
     assert r["goal_met"] is False and r["bottleneck"].startswith("the graph itself")
+
+
+def test_several_load_generators_merge_into_one_cell():
+    from bench.load import merged
+
+    a = {"requests": 100, "ok": 98, "errors": 2, "rps": 49.0, "client_cpu_s": 1.0, "statuses": {"200": 98, "503": 2},
+         "seconds": 2.0, "p50_ms": 5.0, "p95_ms": 9.0, "p99_ms": 12.0, "max_ms": 20.0, "p99_503_ms": 1.0,
+         "sample_body": ['{"results": []}']}
+    b = {**a, "requests": 50, "ok": 50, "errors": 0, "rps": 25.0, "statuses": {"200": 50}, "p99_ms": 30.0,
+         "p99_503_ms": None, "sample_body": []}
+    m = merged([a, b])
+    assert (m["requests"], m["ok"], m["errors"], m["rps"], m["client_cpu_s"]) == (150, 148, 2, 74.0, 2.0)
+    assert m["statuses"] == {"200": 148, "503": 2} and m["clients"] == 2
+    assert (m["p50_ms"], m["p99_ms"], m["max_ms"], m["p99_503_ms"]) == (5.0, 30.0, 20.0, 1.0)  # the slowest's
+    assert m["sample_body"] == ['{"results": []}']
