@@ -3,6 +3,7 @@
     python -m bench.load                                   # ~15 min: 7 servers, 2 load generators
     python -m bench.load --servers detect detect-workers floor --out load_workers   # the default worker count
     python -m bench.load --seconds 3 --concurrency 1 32 --no-wrk    # quicker look
+    python -m bench.load --servers detect detect+batch --clients 4 --concurrency 256 --no-wrk   # 4 generators
 
 Every server is its own process, started the way a user starts it (`python -m service --port P`, default
 models/, one worker process, FACEDET_WORKERS=1, but for detect-workers; the references with
