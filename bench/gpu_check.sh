@@ -6,16 +6,17 @@
 #                                                         # every part's latest JSON
 #
 # Parts: inference (benchmark 1), training (benchmark 3), steps and accuracy (issue 19, bench/gpu_training.py),
-# encoder and load (issue 19, bench/gpu_inference.py, bench/load.py), torchrun, collectives, service, parity. All of them take about
-# 8 minutes on an H200: run them in two calls where one command may last less.
+# encoder and load (issue 19, bench/gpu_inference.py, bench/load.py), torchrun, collectives, service, parity. The
+# parts before issue 19's took 151 s on an H200; with them, an estimated 8-9 minutes (not yet timed): where one
+# command may last less, run "steps accuracy encoder load" and the rest in two calls.
 #
-# Installs nothing (GPU machines here have no network) and stays under 8 minutes: benchmark 1
-# (bench/inference.py, PyTorch and ONNX Runtime, CPU and CUDA) and benchmark 3 (bench/training.py, short
-# settings) on the GPU, issue 19's step options and short training (bench/gpu_training.py) and
-# encoder inference fed each way (bench/gpu_inference.py), /v1/detect on CUDA under load with micro-batching, the README's training under torchrun with one process per GPU for one short epoch
-# (issue 5), the training package's collectives on the GPU backend (NCCL; a group of one on a one-GPU machine),
-# the service itself (the real app, lifespan included) on CUDA vs CPU, then ONNX Runtime CUDA vs CPU parity on
-# models/ (bench/gpu_check.py), then one table.
+# Installs nothing (GPU machines here have no network). On the GPU: benchmark 1 (bench/inference.py, PyTorch and
+# ONNX Runtime, CPU and CUDA) and benchmark 3 (bench/training.py, short settings); issue 19's step options and
+# short training (bench/gpu_training.py), encoder inference fed each way (bench/gpu_inference.py) and /v1/detect
+# on CUDA under load with micro-batching (bench/load.py); the README's training under torchrun with one process
+# per GPU for one short epoch (issue 5); the training package's collectives on the GPU backend (NCCL; a group of
+# one on a one-GPU machine); the service itself (the real app, lifespan included) on CUDA vs CPU; ONNX Runtime
+# CUDA vs CPU parity on models/ (bench/gpu_check.py); then one table.
 # What each part needs beyond the training extra: the ORT CUDA rows and the parity part an onnxruntime with
 # CUDAExecutionProvider (onnxruntime-gpu; CUDA/cuDNN from PyTorch's or its own wheels), the service part the
 # service extra (fastapi, pydantic-settings, python-multipart), checkpoints/ the inference part.
