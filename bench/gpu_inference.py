@@ -110,17 +110,17 @@ def parity(fast: ort.InferenceSession, exact: ort.InferenceSession, x: np.ndarra
             "same_decisions": bool(((a[0] >= threshold_logit) == (b[0] >= threshold_logit)).all())}
 
 
-def parity_images(n: int, cache_dir: str) -> np.ndarray:
-    """n real images of the built-in set (faces and non-faces; built into cache_dir if absent), else, without
-    the training extra's packages, seeded noise."""
+def parity_images(n: int, cache_dir: str) -> tuple[np.ndarray, str]:
+    """-> (n real images of the built-in set, faces and non-faces, built into cache_dir if absent; or, without
+    the training extra's packages, seeded noise; which of the two)."""
     try:
         from training.data.sources import open_source
 
         source = open_source("builtin", cache_dir=cache_dir)
         idx = np.linspace(0, len(source) - 1, n).astype(np.int64)
-        return (source.read(idx).astype(np.float32) / 255.0).transpose(0, 3, 1, 2).copy()
-    except Exception:  # noqa: BLE001 - no training extra or no cache: noise still compares the two graphs
-        return images(n, seed=1)
+        return (source.read(idx).astype(np.float32) / 255.0).transpose(0, 3, 1, 2).copy(), "built-in set"
+    except Exception as exc:  # noqa: BLE001 - no training extra or no cache: noise still compares the two graphs
+        return images(n, seed=1), f"seeded noise ({type(exc).__name__}: {exc})"[:200]
 
 
 def run(args) -> dict:
@@ -132,18 +132,20 @@ def run(args) -> dict:
     out = {"benchmark": "gpu_inference", "machine": info, "note": load_note(info), "graph": GRAPH, "provider": prov,
            "settings": {"batches": args.batches, "seconds_per_cell": args.seconds}, "rows": [], "goal_images_per_s": GOAL}
     exact = session(str(path), with_fallback(prov))
-    check = parity_images(256, args.cache_dir)
+    check, out["parity_images"] = parity_images(256, args.cache_dir)
     t = json.loads((models_dir / "manifest.json").read_text())["models"]["dbvae"]["threshold"]
     cut = float(np.log(t / (1 - t)))  # the face decision as a logit
     variants = {"host": lambda: (exact, False), "iobinding": lambda: (exact, False),
                 "iobinding_upload": lambda: (exact, True)}
     try:
+        if "fp16" not in args.variants:
+            raise LookupError("not asked for (--variants)")
         fp16 = session(fp16_graph(path), with_fallback(prov))
         out["fp16_parity"] = parity(fp16, exact, check, cut)
         variants["fp16"] = lambda: (fp16, False)
     except Exception as exc:  # noqa: BLE001 - recorded, the rest still runs
         out["fp16_parity"] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
-    if "TensorrtExecutionProvider" in ort.get_available_providers():
+    if "tensorrt" in args.variants and "TensorrtExecutionProvider" in ort.get_available_providers():
         cache = tempfile.mkdtemp(prefix="trt-")
         trt = ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
                                              "trt_engine_cache_path": cache})

@@ -45,6 +45,7 @@ def test_the_encoder_is_timed_each_way_and_fp16_checked_against_float32(tmp_path
     assert [(row["variant"], row["batch"]) for row in r["rows"]] == [("host", 8), ("iobinding", 8), ("fp16", 8)]
     assert all(row["images_per_s"] > 0 for row in r["rows"])
     # float16 inside the graph: close to the float32 graph, the same face decisions on these images.
+    assert r["parity_images"] == "built-in set"
     assert 0 < r["fp16_parity"]["max_abs_diff_logit"] < 0.5 and r["fp16_parity"]["same_decisions"]
     assert r["goal_met"] is False and r["bottleneck"].startswith("the graph itself")
 
