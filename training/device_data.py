@@ -4,7 +4,7 @@ The loader path (train.batches_of: an h5 read per image, then a copy to the devi
 256 on an H200 host, more than the DB-VAE's step (bench/results/gpu_check_training_b256.json). Here instead:
 
 * the whole file is streamed once, in chunks of contiguous rows through pinned memory, into one uint8
-  [N, 64, 64, 3] tensor on the device (the MIT file's ~110,000 images are ~1.4 GB);
+  [N, 64, 64, 3] tensor on the device (the MIT file is about 1.6 GB at 64x64x3);
 * each epoch's batch indices are drawn there, faces from the sampling probabilities (torch.multinomial) and
   non-faces uniformly, by a generator seeded from (seed, model, epoch), so a resumed run draws what the
   uninterrupted one would;
