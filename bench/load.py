@@ -326,7 +326,8 @@ def main(argv=None) -> int:
                                    f"{v['growth_steady']:+.1%} from after the warm-up bursts)"
                     for k, v in memory.items()})
     result = {"benchmark": "load", "machine": info, "note": load_note(info), "notes": notes, "summary": summary,
-              "settings": {"clients": args.clients, "concurrency": args.concurrency, "seconds_per_cell": args.seconds, "warmup_s": args.warmup,
+              "settings": {"clients": args.clients, "concurrency": args.concurrency, "seconds_per_cell": args.seconds,
+                           "warmup_s": args.warmup,
                            "warmup_burst_s": args.warmup_burst,
                            "micro_batch": {"max": args.batch_max, "wait_ms": args.batch_wait_ms},
                            "payloads": sizes,
