@@ -210,18 +210,20 @@ def summary(skipped: list[str]) -> list[dict]:
     steps = read_result("gpu_training")
     if steps:
         for r in steps["rows"]:
-            rows.append({"part": "19 step options", "item": f"{steps['settings']['model']} {r['variant']} b{r['batch']}",
+            item = f"{steps['settings']['model']} {r['variant']} b{r['batch']}"
+            rows.append({"part": "19 step options", "item": item,
                          "result": f"{r['images_per_s']:,.0f} img/s" if "images_per_s" in r else "FAIL",
                          "detail": ", ".join(f"{k} {v:.2f} ms" for k, v in r["per_batch_ms"].items())
                          if "per_batch_ms" in r else r["error"]})
         p = steps["profile_of_best"]
         if p:
             busy = p["device_busy_share"]
+            ops = ", ".join(f"{o['op']} {o['ms_per_step']:.2f} ms" for o in (p["top_device"] or p["top_host"])[:3])
             rows.append({"part": "19 step options", "item": f"profile of {steps['best']}",
-                         "result": f"goal {steps['goal_images_per_s']:,} img/s " + ("met" if steps["goal_met"] else "MISSED"),
+                         "result": f"goal {steps['goal_images_per_s']:,} img/s "
+                                   + ("met" if steps["goal_met"] else "MISSED"),
                          "detail": (f"device busy {busy:.0%} of the wall time; " if busy is not None else "")
-                                   + ("top device ops: " if p["top_device"] else "top host ops: ") + ", ".join(f"{o['op']} {o['ms_per_step']:.2f} ms"
-                                                                    for o in (p["top_device"] or p["top_host"])[:3])})
+                                   + ("top device ops: " if p["top_device"] else "top host ops: ") + ops})
     inf19 = read_result("gpu_inference")
     if inf19:
         for r in inf19["rows"]:
@@ -243,7 +245,8 @@ def summary(skipped: list[str]) -> list[dict]:
         for r in load["rows"]:
             rows.append({"part": "19 load", "item": f"/v1/detect {r['target']}, {r['payload']}, c={r['concurrency']}",
                          "result": f"{r['rps']:,.0f} req/s",
-                         "detail": f"{r.get('clients', 1)} client processes; p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+                         "detail": f"{r.get('clients', 1)} client processes; p50 {r['p50_ms']} ms, "
+                                   f"p99 {r['p99_ms']} ms, "
                                    f"errors {r['errors']}"})
     acc = read_result("gpu_training_accuracy_cuda")
     if acc:

@@ -44,7 +44,8 @@ INPUT, OUTPUTS = GRAPH_IO["encoder"][0], list(GRAPH_IO["encoder"][1])
 
 
 def provider() -> str:
-    return "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider"
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    return "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
 
 
 def session(model: bytes | str, providers: list) -> ort.InferenceSession:
@@ -130,7 +131,8 @@ def run(args) -> dict:
     dev = device_of(prov)
     info = machine()
     out = {"benchmark": "gpu_inference", "machine": info, "note": load_note(info), "graph": GRAPH, "provider": prov,
-           "settings": {"batches": args.batches, "seconds_per_cell": args.seconds}, "rows": [], "goal_images_per_s": GOAL}
+           "settings": {"batches": args.batches, "seconds_per_cell": args.seconds}, "rows": [],
+           "goal_images_per_s": GOAL}
     exact = session(str(path), with_fallback(prov))
     check, out["parity_images"] = parity_images(256, args.cache_dir)
     t = json.loads((models_dir / "manifest.json").read_text())["models"]["dbvae"]["threshold"]

@@ -23,11 +23,11 @@ largest batch:
 
 Per variant: images/s over --steps steps run back to back after --warmup (compiling happens in the warm-up;
 nothing waits for the device between steps, as in training), then the milliseconds per batch of gather, augment
-and step over as many steps again with the device synchronised after each stage, and the drawing of the indices. For the fastest
-variant, torch.profiler over a few steps: the top operators by self time on the device and on the host and the
-share of the wall time the host spent launching, so a missed goal says where the time goes. The encoding pass
-of the resampling is timed from the device set too. A variant that fails is recorded with its error and the
-others still run.
+and step over as many steps again with the device synchronised after each stage, and the drawing of the
+indices. For the fastest variant, torch.profiler over a few steps: the top operators by self time on the
+device and on the host, and the share of the wall time the device was busy, so a missed goal says where the
+time goes. The encoding pass of the resampling is timed from the device set too. A variant that fails is
+recorded with its error and the others still run.
 
 Accuracy: `python -m training` itself on the built-in data (the DB-VAE alone, ACCURACY_ARGS: no mining, no
 decoder tuning, so it takes minutes on 2 CPU cores), into a temporary folder, on --device; on CUDA its set is on
@@ -298,15 +298,17 @@ def main(argv=None) -> int:
     print(f"\nDB-VAE step from the device set — {m.get('cuda') or m['cpu']}, device {m['device']}, "
           f"torch {m['torch']}, {m['date']}")
     shown = [{**r, **{f"{k}_ms": v for k, v in r.get("per_batch_ms", {}).items()},
-              "result": f"{r['images_per_s']:,.0f}" if "images_per_s" in r else r["error"][:60]} for r in result["rows"]]
+              "result": f"{r['images_per_s']:,.0f}" if "images_per_s" in r else r["error"][:60]}
+             for r in result["rows"]]
     print(table(shown, [("variant", "variant", ""), ("batch", "batch", "d"), ("result", "img/s", ""),
                         ("gather_ms", "gather ms", ".2f"), ("augment_ms", "augment ms", ".2f"),
                         ("step_ms", "step ms", ".2f")]))
     p, e = result["profile_of_best"], result["encoding_from_device"]
     if p:
-        share = f", device busy {p['device_busy_share']:.0%} of the wall time" if p["device_busy_share"] is not None else ""
-        print(f"best: {result['best']}, {p['wall_ms_per_step']:.2f} ms per step under the profiler{share}; top host ops: "
-              + ", ".join(f"{o['op']} {o['ms_per_step']:.2f}" for o in p["top_host"][:4]))
+        busy = p["device_busy_share"]
+        share = f", device busy {busy:.0%} of the wall time" if busy is not None else ""
+        print(f"best: {result['best']}, {p['wall_ms_per_step']:.2f} ms per step under the profiler{share}; "
+              "top host ops: " + ", ".join(f"{o['op']} {o['ms_per_step']:.2f}" for o in p["top_host"][:4]))
     print(f"encoding from the device set: {e['seconds_per_100k_faces']:.2f} s per 100,000 faces (batch {e['batch']})")
     return finish(args.out, result)
 
