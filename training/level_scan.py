@@ -1,5 +1,5 @@
 """The level scan: the fast scan's stage 1 (training/fast_scan.py) rebuilt for pyramid levels only, with no new
-training (bench.localise: 1.6-1.8x the photos/s at 1920x1280). Two rewrites of the exported float32 ONNX graph:
+training (bench.localise measures the photos/s with it and without it). Two rewrites of the exported float32 ONNX graph:
 
 1. Half resolution. A low-pass front end (training/model.py `FrontEnd`: a 2x2 mean, then bilinear up-sampling
    back to full size) hands the first conv a picture that holds half the resolution. The up-sampling and the
