@@ -181,32 +181,9 @@ def torchrun_record(models_dir: Path, procs: int, status: int, seconds: float, l
             "log_tail": tail}
 
 
-def summary(skipped: list[str]) -> list[dict]:
-    rows = [{"part": part.strip(), "item": "-", "result": "SKIPPED", "detail": reason.strip()}
-            for part, _, reason in (s.partition(":") for s in skipped)]
-    inf = read_result("gpu_check_inference")
-    if inf:
-        for r in inf["rows"]:
-            if r["device"] == "cuda" or r["engine"] == "onnxruntime":
-                ratio = f", ORT/PT {r['ratio_vs_pytorch']:.2f}" if r.get("ratio_vs_pytorch") else ""
-                rows.append({"part": "1 inference", "item": f"{r['model']} {r['engine']} {r['device']} b{r['batch']}",
-                             "result": f"{r['images_per_s']:,.0f} img/s",
-                             "detail": f"p50 {r['p50_ms']:.3f} ms{ratio}, |diff| vs PT CPU "
-                                       f"{r['max_abs_diff_vs_pytorch_cpu']:.1e}"})
-        if not any(r["device"] == "cuda" for r in inf["rows"]):
-            rows.append({"part": "1 inference", "item": "cuda rows", "result": "SKIPPED",
-                         "detail": "neither PyTorch nor ONNX Runtime sees a CUDA device"})
-    tr = read_result("gpu_check_training")
-    if tr:
-        for r in tr["rows"]:
-            rows.append({"part": "3 training", "item": f"{r['model']} on {tr['machine']['device']}",
-                         "result": f"{r['images_per_s']:,.0f} img/s",
-                         "detail": f"slowest stage {r['slowest_stage']}; per batch ms "
-                                   + ", ".join(f"{k} {v:.1f}" for k, v in r["per_batch_ms"].items())})
-        c = tr["resampling_vs_numpy"]
-        rows.append({"part": "3 training", "item": "resampling probabilities", "result": f"{c['speedup']:.1f}x numpy",
-                     "detail": f"{c['vectorised_s']:.3f} s vs {c['numpy_per_dimension_s']:.3f} s over "
-                               f"[{c['faces']:,}, {c['latent_dim']}], max |diff| {c['max_abs_diff']:.1e}"})
+def issue19_rows() -> list[dict]:
+    """The summary's rows of issue 19's parts (bench/gpu_training.py, bench/gpu_inference.py, bench/load.py)."""
+    rows: list[dict] = []
     steps = read_result("gpu_training")
     if steps:
         for r in steps["rows"]:
@@ -246,8 +223,7 @@ def summary(skipped: list[str]) -> list[dict]:
             rows.append({"part": "19 load", "item": f"/v1/detect {r['target']}, {r['payload']}, c={r['concurrency']}",
                          "result": f"{r['rps']:,.0f} req/s",
                          "detail": f"{r.get('clients', 1)} client processes; p50 {r['p50_ms']} ms, "
-                                   f"p99 {r['p99_ms']} ms, "
-                                   f"errors {r['errors']}"})
+                                   f"p99 {r['p99_ms']} ms, errors {r['errors']}"})
     acc = read_result("gpu_training_accuracy_cuda")
     if acc:
         cmp = acc.get("against_cpu", {})
@@ -257,6 +233,36 @@ def summary(skipped: list[str]) -> list[dict]:
                                + (f", CPU {cmp['cpu_reference']['val']['balanced_accuracy']:.3f}, |diff| "
                                   f"{cmp['balanced_accuracy_diff']:.3f} (goal <= {cmp['goal']})"
                                   if "balanced_accuracy_diff" in cmp else f", {cmp.get('why', '')}")})
+    return rows
+
+
+def summary(skipped: list[str]) -> list[dict]:
+    rows = [{"part": part.strip(), "item": "-", "result": "SKIPPED", "detail": reason.strip()}
+            for part, _, reason in (s.partition(":") for s in skipped)]
+    inf = read_result("gpu_check_inference")
+    if inf:
+        for r in inf["rows"]:
+            if r["device"] == "cuda" or r["engine"] == "onnxruntime":
+                ratio = f", ORT/PT {r['ratio_vs_pytorch']:.2f}" if r.get("ratio_vs_pytorch") else ""
+                rows.append({"part": "1 inference", "item": f"{r['model']} {r['engine']} {r['device']} b{r['batch']}",
+                             "result": f"{r['images_per_s']:,.0f} img/s",
+                             "detail": f"p50 {r['p50_ms']:.3f} ms{ratio}, |diff| vs PT CPU "
+                                       f"{r['max_abs_diff_vs_pytorch_cpu']:.1e}"})
+        if not any(r["device"] == "cuda" for r in inf["rows"]):
+            rows.append({"part": "1 inference", "item": "cuda rows", "result": "SKIPPED",
+                         "detail": "neither PyTorch nor ONNX Runtime sees a CUDA device"})
+    tr = read_result("gpu_check_training")
+    if tr:
+        for r in tr["rows"]:
+            rows.append({"part": "3 training", "item": f"{r['model']} on {tr['machine']['device']}",
+                         "result": f"{r['images_per_s']:,.0f} img/s",
+                         "detail": f"slowest stage {r['slowest_stage']}; per batch ms "
+                                   + ", ".join(f"{k} {v:.1f}" for k, v in r["per_batch_ms"].items())})
+        c = tr["resampling_vs_numpy"]
+        rows.append({"part": "3 training", "item": "resampling probabilities", "result": f"{c['speedup']:.1f}x numpy",
+                     "detail": f"{c['vectorised_s']:.3f} s vs {c['numpy_per_dimension_s']:.3f} s over "
+                               f"[{c['faces']:,}, {c['latent_dim']}], max |diff| {c['max_abs_diff']:.1e}"})
+    rows += issue19_rows()
     run = read_result("gpu_check_torchrun")
     if run:
         ok = run["status"] == 0 and run["models"]

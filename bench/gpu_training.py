@@ -40,12 +40,17 @@ holds the spread between seeds; the built-in split has 20 held-out faces, so one
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile as torch_profile
 
 from bench.common import OUT_HELP, finish, load_note, machine, read_result, table
 from training.config import TrainConfig
@@ -104,12 +109,21 @@ def time_variant(v: Variant, kind: str, data: DeviceData, steps: int, warmup: in
     sync(device)
     draw_s = time.perf_counter() - t0
 
-    def one(row):  # as training.train.train_epoch runs a step
+    # One step in its three stages, as training.train.train_epoch runs it.
+    def gather(row):
         images, y = data.batch(row)
-        batch = augment_batch(as_input(images, device), y, cfg, gen, vae_view=kind == "dbvae")
+        return as_input(images, device), y
+
+    def augment(x, y):
+        return augment_batch(x, y, cfg, gen, vae_view=kind == "dbvae")
+
+    def learn(batch):
         step.begin()
         with step.autocast():
             return train_step(kind, step.model, step.opt, batch._replace(x=step.input(batch.x)), cfg)["loss"]
+
+    def one(row):
+        return learn(augment(*gather(row)))
 
     for row in rows[:warmup]:  # compiling and CUDA-graph capture happen here
         one(row)
@@ -124,16 +138,13 @@ def time_variant(v: Variant, kind: str, data: DeviceData, steps: int, warmup: in
     times = {"gather": [], "augment": [], "step": []}
     for row in rows[warmup + steps:]:
         t0 = time.perf_counter()
-        images, y = data.batch(row)
-        x = as_input(images, device)
+        x, y = gather(row)
         sync(device)
         t1 = time.perf_counter()
-        batch = augment_batch(x, y, cfg, gen, vae_view=kind == "dbvae")
+        batch = augment(x, y)
         sync(device)
         t2 = time.perf_counter()
-        step.begin()
-        with step.autocast():
-            train_step(kind, step.model, step.opt, batch._replace(x=step.input(batch.x)), cfg)["loss"].item()
+        learn(batch).item()
         t3 = time.perf_counter()
         for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
             times[k].append(dt)
@@ -142,26 +153,19 @@ def time_variant(v: Variant, kind: str, data: DeviceData, steps: int, warmup: in
     per_batch = {k: float(np.mean(t)) * 1e3 for k, t in times.items()}
     return {"variant": v.name, "options": list(v.options), "batch": v.batch, "images_per_s": steps * v.batch / wall,
             "per_batch_ms": per_batch, "draw_epoch_indices_ms_per_1000_steps": draw_s / len(rows) * 1e6,
-            "last_loss": loss, "_run": (step, cfg, rows, gen)}
+            "last_loss": loss, "_run": (one, rows)}
 
 
-def profile(kind: str, data: DeviceData, run: tuple, steps: int = 5) -> dict:
-    """The fastest variant's steps under torch.profiler: where the time goes."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
-    step, cfg, rows, gen = run
-    device = data.device
+def profile(device: torch.device, run: tuple, steps: int = 5) -> dict:
+    """The fastest variant's steps (run: its one-step function and batch rows) under torch.profiler: where the
+    time goes."""
+    one, rows = run
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sync(device)
     t0 = time.perf_counter()
     with torch_profile(activities=activities) as prof:
         for row in rows[:steps]:
-            images, y = data.batch(row)
-            batch = augment_batch(as_input(images, device), y, cfg, gen, vae_view=kind == "dbvae")
-            step.begin()
-            with step.autocast():
-                train_step(kind, step.model, step.opt, batch._replace(x=step.input(batch.x)), cfg)["loss"].item()
+            one(row).item()
     wall_us = (time.perf_counter() - t0) * 1e6
     events = prof.key_averages()
     dev_attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
@@ -220,7 +224,7 @@ def run(args) -> dict:
                                                  else r["error"]), flush=True)
     done = [r for r in rows if "images_per_s" in r]
     best = max(done, key=lambda r: r["images_per_s"]) if done else None
-    prof = profile(args.kind, data, runs[best["variant"]]) if best else None
+    prof = profile(device, runs[best["variant"]]) if best else None
     encoding = time_encoding(data, TrainConfig(progress=False), args.encode, 4096 if device.type == "cuda" else 256)
     return {"benchmark": "gpu_training", "machine": info, "note": load_note(info),
             "settings": {"model": args.kind, "steps": args.steps, "warmup": args.warmup, "images": args.images,
@@ -233,11 +237,7 @@ def run(args) -> dict:
 
 def accuracy(device: str, step_options: str) -> dict:
     """The short real training (ACCURACY_ARGS) on `device` -> its held-out figures and seconds."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    from training.cli import main as train_main
+    from training.cli import main as train_main  # here: the step timings need none of its export's packages
 
     with tempfile.TemporaryDirectory() as tmp:
         args = [*ACCURACY_ARGS, "--device", device, "--step-options", step_options,

@@ -198,14 +198,20 @@ class Run:
     world: Dist
     device: torch.device
     net: torch.nn.Module
-    model: torch.nn.Module  # net, or net wrapped in DistributedDataParallel
-    opt: torch.optim.Optimizer
+    step: Step  # what the step calls (net, in DistributedDataParallel and compiled where asked) and its optimiser
     rng: np.random.Generator
     gen: torch.Generator
     steps: int
-    step: Step  # model and opt as the step runs them (--step-options)
     history: list[dict] = field(default_factory=list)
     data: DeviceData | None = None  # the set on the device (--data-on-device), else batches come from the loader
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.step.model
+
+    @property
+    def opt(self) -> torch.optim.Optimizer:
+        return self.step.opt
 
 
 def face_probabilities(run: Run) -> tuple[np.ndarray, dict | None]:
@@ -273,9 +279,9 @@ def start(kind: str, cfg: TrainConfig, source: H5Source, train_idx: np.ndarray, 
     labels = source.labels
     step = prepare(net, model, cfg.lr, cfg.weight_decay, parse(cfg.step_options), device)
     run = Run(kind, cfg, source, train_idx[labels[train_idx] == 1], train_idx[labels[train_idx] == 0], world,
-              device, net, step.model, step.opt, np.random.default_rng(cfg.seed + BATCH_STREAM[kind]),
+              device, net, step, np.random.default_rng(cfg.seed + BATCH_STREAM[kind]),
               torch.Generator(device=device).manual_seed(cfg.seed + AUGMENT_STREAM_PER_RANK * world.rank),
-              cfg.steps_per_epoch or math.ceil(len(train_idx) / cfg.batch_size), step)
+              cfg.steps_per_epoch or math.ceil(len(train_idx) / cfg.batch_size))
     if use_device_data(cfg.data_on_device, source, device):
         run.data = DeviceData.load(source, device)
     ckpt_path = Path(cfg.checkpoint_dir) / f"{kind}.pt"
